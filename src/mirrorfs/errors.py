@@ -1,0 +1,115 @@
+"""Errors a user can meet, each with a fixed exit code and a message that names the remedy.
+
+Owns the exit-code table. Keeps: an exit code, once given, is never reused for
+another meaning.
+
+Ranges (the README repeats them):
+
+    0   success
+    1   findings or a failed operation (fsck found damage, a plex failed, data
+        is unrecoverable)
+    2   bad usage or bad input (wrong argument, unreadable or foreign plex,
+        corrupt superblock, a path that does not exist)
+
+`cli.py` prints ``str(error)`` on one line and exits with ``error.exit_code``.
+Errors whose ``traceback`` flag is set are also logged with their stack,
+because they point at damage or a bug rather than at a user mistake.
+"""
+
+from __future__ import annotations
+
+
+class MirrorfsError(Exception):
+    """mirrorfs failed: {0}"""
+
+    exit_code = 1
+    traceback = False
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.args_ = args
+
+    def __str__(self) -> str:
+        doc = type(self).__doc__ or "{0}"
+        template = doc.strip().splitlines()[0]
+        try:
+            return template.format(*self.args_)
+        except (IndexError, KeyError):
+            return " ".join(str(a) for a in self.args_) or template
+
+
+class UsageError(MirrorfsError):
+    """{0}"""
+
+    exit_code = 2
+
+
+class PlexError(MirrorfsError):
+    """plex {0}: {1}"""
+
+    exit_code = 2
+
+
+class PlexIOError(MirrorfsError):
+    """plex {0}: I/O error {1}; the plex leaves the in-sync set, run `mirrorfs status`"""
+
+    exit_code = 1
+
+
+class CorruptBlock(MirrorfsError):
+    """{0}: block {1}: {2}; run `mirrorfs fsck` (or `mirrorfs scrub` on a mirror)"""
+
+    exit_code = 1
+    traceback = True
+
+
+class FormatError(MirrorfsError):
+    """{0}: {1}"""
+
+    exit_code = 2
+
+
+class ForeignPlex(MirrorfsError):
+    """plex {0} belongs to volume {1}, not to volume {2}; remove it from the volume file"""
+
+    exit_code = 2
+
+
+class NoSpace(MirrorfsError):
+    """the volume is full: {0} blocks needed, {1} free; delete snapshots or files"""
+
+    exit_code = 1
+
+
+class ReadOnly(MirrorfsError):
+    """the volume is open read-only: {0}"""
+
+    exit_code = 1
+
+
+class SnapshotError(MirrorfsError):
+    """snapshot {0}: {1}"""
+
+    exit_code = 2
+
+
+class FsError(MirrorfsError):
+    """{1}: {2}"""
+
+    exit_code = 1
+
+    def __init__(self, err: int, path: str = "", detail: str = "") -> None:
+        super().__init__(err, path, detail or _errno_text(err))
+        self.errno = err
+
+    def __str__(self) -> str:
+        err, path, detail = self.args_
+        return f"{path}: {detail}" if path else str(detail)
+
+
+def _errno_text(err: int) -> str:
+    import os
+
+    return os.strerror(err) if err else "error"
+
+

@@ -1,0 +1,559 @@
+"""POSIX semantics over objects: names, directories, files, links, attributes, ``.snapshot``.
+
+Owns the inode-number space seen by callers and the link counts. Keeps:
+``nlink`` equals the number of directory entries naming an inode (plus 1
+for "." and one per subdirectory's ".." on directories); a rename replaces
+its target within one CP, so no crash shows both names or neither.
+
+Inode numbers. The active image uses its own numbers (root = 1). The
+virtual directory ``/.snapshot`` is SNAPDIR_INO, and inode ``i`` of the
+snapshot with session id ``s`` is ``SNAP_BASE + (s << 40) + i``; every
+such inode is read-only (EROFS).
+
+Errors carry an errno (FsError); only ``daemon/`` turns them into FUSE
+replies. Every public method takes the store lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import stat
+from collections.abc import Iterator
+
+from ..errors import FsError, NoSpace
+from ..ondisk import MAX_NAME_LEN, ROOT_INO, Inode, SnapshotRecord
+from ..store import ObjectTable, ObjectView, Store
+from ._dir import Directory
+
+SNAPDIR_NAME = b".snapshot"
+SNAP_BASE = 1 << 62
+SNAPDIR_INO = SNAP_BASE
+SNAP_SHIFT = 40
+LOCAL_MASK = (1 << SNAP_SHIFT) - 1
+RELATIME_NS = 24 * 3600 * 10**9
+BLOCK_UNITS = 512  # st_blocks counts 512-byte units
+
+
+def dtype_of(mode: int) -> int:
+    """Directory entry type (DT_*) from a mode."""
+    return stat.S_IFMT(mode) >> 12
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attr:
+    """What stat(2) reports for one inode."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    blocks: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    rdev: int
+    blksize: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatFs:
+    block_size: int
+    blocks: int
+    free: int
+    files: int
+    files_free: int
+    name_max: int
+
+
+def _check_name(name: bytes) -> None:
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise FsError(errno.EINVAL, name.decode(errors="replace"), "invalid name")
+    if len(name) > MAX_NAME_LEN:
+        raise FsError(errno.ENAMETOOLONG, name[:40].decode(errors="replace") + "...")
+
+
+class FileSystem:
+    """POSIX operations on a Store, addressed by inode number (and by path, for the API)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.lock = store.lock
+        self._dirs: dict[tuple[int, int], Directory] = {}
+        self._snap_ids: dict[bytes, int] = {}  # snapshot GUID -> session id
+        self._snap_by_id: dict[int, SnapshotRecord] = {}
+        self._views: dict[int, ObjectView] = {}
+        self.open_counts: dict[int, int] = {}
+
+    # -- set-up -------------------------------------------------------------
+
+    @staticmethod
+    def format_root(store: Store, uid: int = 0, gid: int = 0, mode: int = 0o755) -> None:
+        """Create the root directory of a new volume and commit it."""
+        objs = store.objects
+        ino = objs.new_ino()
+        assert ino == ROOT_INO
+        now = store.clock.time_ns()
+        objs.set_inode(ino, Inode(mode=stat.S_IFDIR | mode, uid=uid, gid=gid, nlink=2,
+                                  atime_ns=now, mtime_ns=now, ctime_ns=now, parent=ROOT_INO))
+        store.commit(force=True)
+
+    @property
+    def objects(self) -> ObjectTable:
+        return self.store.objects
+
+    def _now(self) -> int:
+        return self.store.clock.time_ns()
+
+    def reset_caches(self) -> None:
+        """Forget decoded directories (after a rollback replaced the active image)."""
+        self._dirs.clear()
+
+    # -- images -------------------------------------------------------------
+
+    def _image(self, ino: int) -> tuple[ObjectView, int]:
+        """The image an inode number lives in, and its number there."""
+        if ino < SNAP_BASE:
+            return self.objects, ino
+        sid = (ino - SNAP_BASE) >> SNAP_SHIFT
+        rec = self._snap_by_id.get(sid)
+        if rec is None or not any(r.guid == rec.guid for r in self.store.snapshots):
+            raise FsError(errno.ENOENT, "", "snapshot no longer exists")
+        view = self._views.get(sid)
+        if view is None:
+            view = self.store.view(rec)
+            self._views[sid] = view
+        return view, ino & LOCAL_MASK
+
+    def _snap_id(self, rec: SnapshotRecord) -> int:
+        sid = self._snap_ids.get(rec.guid.bytes)
+        if sid is None:
+            sid = len(self._snap_ids) + 1
+            self._snap_ids[rec.guid.bytes] = sid
+            self._snap_by_id[sid] = rec
+        return sid
+
+    def _global(self, ino: int, like: int) -> int:
+        """Inode ``ino`` of the image that inode ``like`` belongs to, as a global number."""
+        if like < SNAP_BASE:
+            return ino
+        return (like & ~LOCAL_MASK) | ino
+
+    def _dir(self, ino: int) -> Directory:
+        view, local = self._image(ino)
+        key = (id(view), local)
+        d = self._dirs.get(key)
+        if d is None or d.view is not view:
+            d = Directory(view, local)
+            self._dirs[key] = d
+        return d
+
+    def _writable(self, ino: int) -> None:
+        if ino >= SNAP_BASE:
+            raise FsError(errno.EROFS, "", "snapshots are read-only")
+        if self.store.read_only or self.store.broken is not None:
+            raise FsError(errno.EROFS, "", "the volume is read-only")
+
+    def _inode(self, ino: int) -> Inode:
+        if ino == SNAPDIR_INO:
+            root = self.objects.inode(ROOT_INO)
+            return Inode(mode=stat.S_IFDIR | 0o555, nlink=2, uid=root.uid, gid=root.gid,
+                         size=len(self.store.snapshots), atime_ns=root.atime_ns,
+                         mtime_ns=root.mtime_ns, ctime_ns=root.ctime_ns)
+        view, local = self._image(ino)
+        ind = view.inode(local)
+        if ind.free:
+            raise FsError(errno.ENOENT, "", f"no inode {ino}")
+        return ind
+
+    # -- lookups ------------------------------------------------------------
+
+    def getattr(self, ino: int) -> Attr:
+        with self.lock:
+            ind = self._inode(ino)
+            blocks = ind.blocks * (self.store.block_size // BLOCK_UNITS)
+            size = ind.size if not stat.S_ISDIR(ind.mode) else self.store.block_size
+            return Attr(ino, ind.mode, ind.nlink, ind.uid, ind.gid, size, blocks, ind.atime_ns,
+                        ind.mtime_ns, ind.ctime_ns, ind.rdev, self.store.block_size)
+
+    def lookup(self, parent: int, name: bytes) -> int:
+        with self.lock:
+            if parent == SNAPDIR_INO:
+                for rec in self.store.snapshots:
+                    if rec.name.encode() == name:
+                        return SNAP_BASE + (self._snap_id(rec) << SNAP_SHIFT) + ROOT_INO
+                raise FsError(errno.ENOENT, name.decode(errors="replace"))
+            pind = self._inode(parent)
+            if not stat.S_ISDIR(pind.mode):
+                raise FsError(errno.ENOTDIR, name.decode(errors="replace"))
+            if name == b".":
+                return parent
+            if name == b"..":
+                return self._parent_of(parent)
+            if parent == ROOT_INO and name == SNAPDIR_NAME:
+                return SNAPDIR_INO
+            got = self._dir(parent).lookup(name)
+            if got is None:
+                raise FsError(errno.ENOENT, name.decode(errors="replace"))
+            return self._global(got[0], parent)
+
+    def _parent_of(self, ino: int) -> int:
+        if ino == SNAPDIR_INO:
+            return ROOT_INO
+        if ino >= SNAP_BASE and ino & LOCAL_MASK == ROOT_INO:
+            return SNAPDIR_INO
+        return self._global(self._inode(ino).parent or ROOT_INO, ino)
+
+    def readdir(self, ino: int, after: int = 0) -> Iterator[tuple[bytes, int, int, int]]:
+        """Entries after cookie ``after`` as (name, inode, DT type, cookie), "." and ".." first."""
+        with self.lock:
+            ind = self._inode(ino)
+            if not stat.S_ISDIR(ind.mode):
+                raise FsError(errno.ENOTDIR, "")
+            out: list[tuple[bytes, int, int, int]] = []
+            if after < 1:
+                out.append((b".", ino, stat.S_IFDIR >> 12, 1))
+            if after < 2:
+                out.append((b"..", self._parent_of(ino), stat.S_IFDIR >> 12, 2))
+            if ino == SNAPDIR_INO:
+                for k, rec in enumerate(self.store.snapshots, start=3):
+                    if k > after:
+                        out.append((rec.name.encode(),
+                                    SNAP_BASE + (self._snap_id(rec) << SNAP_SHIFT) + ROOT_INO,
+                                    stat.S_IFDIR >> 12, k))
+                return iter(out)
+            if ino == ROOT_INO and after < 3:
+                out.append((SNAPDIR_NAME, SNAPDIR_INO, stat.S_IFDIR >> 12, 3))
+            for h, child, typ, name in self._dir(ino).entries(max(after, 3)):
+                out.append((name, self._global(child, ino), typ, h))
+            return iter(out)
+
+    def listdir(self, ino: int) -> list[bytes]:
+        return [n for n, _, _, _ in self.readdir(ino) if n not in (b".", b"..")]
+
+    # -- creating -----------------------------------------------------------
+
+    def _new_inode(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
+                   nlink: int = 1) -> int:
+        self._writable(parent)
+        _check_name(name)
+        pind = self._inode(parent)
+        if not stat.S_ISDIR(pind.mode):
+            raise FsError(errno.ENOTDIR, name.decode(errors="replace"))
+        if (parent == ROOT_INO and name == SNAPDIR_NAME) or self._dir(parent).lookup(name):
+            raise FsError(errno.EEXIST, name.decode(errors="replace"))
+        try:
+            self.store.check_space(2)
+        except NoSpace:
+            raise FsError(errno.ENOSPC, name.decode(errors="replace")) from None
+        objs = self.objects
+        ino = objs.new_ino()
+        now = self._now()
+        objs.set_inode(ino, Inode(mode=mode, uid=uid, gid=gid, nlink=nlink, atime_ns=now,
+                                  mtime_ns=now, ctime_ns=now,
+                                  parent=parent if stat.S_ISDIR(mode) else 0))
+        self._dir(parent).add(name, ino, dtype_of(mode))
+        objs.update(parent, mtime_ns=now, ctime_ns=now)
+        return ino
+
+    def create(self, parent: int, name: bytes, mode: int = 0o644, uid: int = 0,
+               gid: int = 0) -> int:
+        """A new regular file (EEXIST if the name exists)."""
+        with self.lock:
+            if stat.S_IFMT(mode) == 0:
+                mode |= stat.S_IFREG
+            return self._new_inode(parent, name, mode, uid, gid)
+
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int = 0, uid: int = 0,
+              gid: int = 0) -> int:
+        with self.lock:
+            ino = self._new_inode(parent, name, mode, uid, gid)
+            if rdev:
+                self.objects.update(ino, rdev=rdev)
+            return ino
+
+    def mkdir(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0,
+              gid: int = 0) -> int:
+        with self.lock:
+            ino = self._new_inode(parent, name, stat.S_IFDIR | (mode & 0o7777), uid, gid, 2)
+            pind = self.objects.inode(parent)
+            self.objects.update(parent, nlink=pind.nlink + 1)
+            return ino
+
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int = 0,
+                gid: int = 0) -> int:
+        with self.lock:
+            if len(target) > 4095:
+                raise FsError(errno.ENAMETOOLONG, "symlink target")
+            ino = self._new_inode(parent, name, stat.S_IFLNK | 0o777, uid, gid)
+            self.store.write(ino, 0, target)
+            return ino
+
+    def readlink(self, ino: int) -> bytes:
+        with self.lock:
+            ind = self._inode(ino)
+            if not stat.S_ISLNK(ind.mode):
+                raise FsError(errno.EINVAL, "", "not a symbolic link")
+            view, local = self._image(ino)
+            return view.read(local, 0, ind.size)
+
+    def link(self, ino: int, parent: int, name: bytes) -> None:
+        with self.lock:
+            self._writable(parent)
+            self._writable(ino)
+            _check_name(name)
+            ind = self._inode(ino)
+            if stat.S_ISDIR(ind.mode):
+                raise FsError(errno.EPERM, name.decode(errors="replace"),
+                              "hard links to directories are not allowed")
+            if (parent == ROOT_INO and name == SNAPDIR_NAME) or self._dir(parent).lookup(name):
+                raise FsError(errno.EEXIST, name.decode(errors="replace"))
+            now = self._now()
+            self._dir(parent).add(name, ino, dtype_of(ind.mode))
+            self.objects.update(ino, nlink=ind.nlink + 1, ctime_ns=now)
+            self.objects.update(parent, mtime_ns=now, ctime_ns=now)
+
+    # -- removing -----------------------------------------------------------
+
+    def _drop_link(self, ino: int) -> None:
+        ind = self.objects.inode(ino)
+        now = self._now()
+        nlink = ind.nlink - (2 if stat.S_ISDIR(ind.mode) else 1)
+        if nlink <= 0 and not self.open_counts.get(ino):
+            self.objects.release(ino)
+        else:
+            self.objects.update(ino, nlink=max(0, nlink), ctime_ns=now)
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        with self.lock:
+            self._writable(parent)
+            got = self._dir(parent).lookup(name)
+            if got is None:
+                if parent == ROOT_INO and name == SNAPDIR_NAME:
+                    raise FsError(errno.EROFS, ".snapshot")
+                raise FsError(errno.ENOENT, name.decode(errors="replace"))
+            ino, typ = got
+            if typ == stat.S_IFDIR >> 12:
+                raise FsError(errno.EISDIR, name.decode(errors="replace"))
+            self._dir(parent).remove(name)
+            now = self._now()
+            self.objects.update(parent, mtime_ns=now, ctime_ns=now)
+            self._drop_link(ino)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        with self.lock:
+            self._writable(parent)
+            if name == b".":
+                raise FsError(errno.EINVAL, ".")
+            if name == b"..":
+                raise FsError(errno.ENOTEMPTY, "..")
+            got = self._dir(parent).lookup(name)
+            if got is None:
+                if parent == ROOT_INO and name == SNAPDIR_NAME:
+                    raise FsError(errno.EROFS, ".snapshot")
+                raise FsError(errno.ENOENT, name.decode(errors="replace"))
+            ino, typ = got
+            if typ != stat.S_IFDIR >> 12:
+                raise FsError(errno.ENOTDIR, name.decode(errors="replace"))
+            if not self._dir(ino).is_empty():
+                raise FsError(errno.ENOTEMPTY, name.decode(errors="replace"))
+            self._dir(parent).remove(name)
+            now = self._now()
+            pind = self.objects.inode(parent)
+            self.objects.update(parent, nlink=pind.nlink - 1, mtime_ns=now, ctime_ns=now)
+            self._drop_link(ino)
+            self._dirs.pop((id(self.objects), ino), None)
+
+    def rename(self, old_parent: int, old: bytes, new_parent: int, new: bytes,
+               noreplace: bool = False) -> None:
+        """Move ``old`` to ``new``, atomically replacing ``new`` if it exists."""
+        with self.lock:
+            self._writable(old_parent)
+            self._writable(new_parent)
+            _check_name(new)
+            if new_parent == ROOT_INO and new == SNAPDIR_NAME:
+                raise FsError(errno.EEXIST, ".snapshot")
+            src = self._dir(old_parent).lookup(old)
+            if src is None:
+                raise FsError(errno.ENOENT, old.decode(errors="replace"))
+            ino, typ = src
+            is_dir = typ == stat.S_IFDIR >> 12
+            npind = self._inode(new_parent)
+            if not stat.S_ISDIR(npind.mode):
+                raise FsError(errno.ENOTDIR, new.decode(errors="replace"))
+            if is_dir:
+                a = new_parent
+                while True:
+                    if a == ino:
+                        raise FsError(errno.EINVAL, new.decode(errors="replace"),
+                                      "cannot move a directory into itself")
+                    if a == ROOT_INO:
+                        break
+                    a = self.objects.inode(a).parent or ROOT_INO
+            dst = self._dir(new_parent).lookup(new)
+            now = self._now()
+            if dst is not None:
+                if noreplace:
+                    raise FsError(errno.EEXIST, new.decode(errors="replace"))
+                dino, dtyp = dst
+                if dino == ino:
+                    return
+                d_is_dir = dtyp == stat.S_IFDIR >> 12
+                if is_dir and not d_is_dir:
+                    raise FsError(errno.ENOTDIR, new.decode(errors="replace"))
+                if d_is_dir and not is_dir:
+                    raise FsError(errno.EISDIR, new.decode(errors="replace"))
+                if d_is_dir and not self._dir(dino).is_empty():
+                    raise FsError(errno.ENOTEMPTY, new.decode(errors="replace"))
+                self._dir(new_parent).replace(new, ino, typ)
+                if d_is_dir:
+                    self.objects.update(new_parent,
+                                        nlink=self.objects.inode(new_parent).nlink - 1)
+                self._drop_link(dino)
+            else:
+                self._dir(new_parent).add(new, ino, typ)
+            self._dir(old_parent).remove(old)
+            if is_dir and old_parent != new_parent:
+                self.objects.update(ino, parent=new_parent)
+                self.objects.update(old_parent, nlink=self.objects.inode(old_parent).nlink - 1)
+                self.objects.update(new_parent, nlink=self.objects.inode(new_parent).nlink + 1)
+            self.objects.update(ino, ctime_ns=now)
+            self.objects.update(old_parent, mtime_ns=now, ctime_ns=now)
+            self.objects.update(new_parent, mtime_ns=now, ctime_ns=now)
+
+    # -- files --------------------------------------------------------------
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        with self.lock:
+            ind = self._inode(ino)
+            if stat.S_ISDIR(ind.mode):
+                raise FsError(errno.EISDIR, "")
+            view, local = self._image(ino)
+            data = view.read(local, offset, size)
+            if ino < SNAP_BASE and not self.store.read_only:
+                now = self._now()
+                if ind.atime_ns <= max(ind.mtime_ns, ind.ctime_ns) or (
+                        now - ind.atime_ns > RELATIME_NS):
+                    self.objects.update(ino, atime_ns=now)
+            return data
+
+    def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
+        with self.lock:
+            self._writable(ino)
+            ind = self._inode(ino)
+            if stat.S_ISDIR(ind.mode):
+                raise FsError(errno.EISDIR, "")
+            try:
+                n = self.store.write(ino, offset, data)
+            except NoSpace:
+                raise FsError(errno.ENOSPC, "") from None
+            now = self._now()
+            self.objects.update(ino, mtime_ns=now, ctime_ns=now)
+            return n
+
+    def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
+                gid: int | None = None, size: int | None = None, atime_ns: int | None = None,
+                mtime_ns: int | None = None) -> Attr:
+        with self.lock:
+            self._writable(ino)
+            ind = self._inode(ino)
+            now = self._now()
+            changes: dict[str, int] = {"ctime_ns": now}
+            if size is not None:
+                if stat.S_ISDIR(ind.mode):
+                    raise FsError(errno.EISDIR, "")
+                if size < 0:
+                    raise FsError(errno.EINVAL, "", "negative size")
+                if size > ind.size:
+                    try:
+                        self.store.check_space(1)
+                    except NoSpace:
+                        raise FsError(errno.ENOSPC, "") from None
+                self.store.truncate(ino, size)
+                changes["mtime_ns"] = now
+            if mode is not None:
+                changes["mode"] = stat.S_IFMT(ind.mode) | (mode & 0o7777)
+            if uid is not None and uid != -1 and uid != 0xFFFFFFFF:
+                changes["uid"] = uid
+            if gid is not None and gid != -1 and gid != 0xFFFFFFFF:
+                changes["gid"] = gid
+            if atime_ns is not None:
+                changes["atime_ns"] = atime_ns
+            if mtime_ns is not None:
+                changes["mtime_ns"] = mtime_ns
+            self.objects.update(ino, **changes)
+            return self.getattr(ino)
+
+    def opened(self, ino: int) -> None:
+        with self.lock:
+            self.open_counts[ino] = self.open_counts.get(ino, 0) + 1
+
+    def released(self, ino: int) -> None:
+        """The last close of an unlinked file frees it."""
+        with self.lock:
+            n = self.open_counts.get(ino, 0) - 1
+            if n > 0:
+                self.open_counts[ino] = n
+                return
+            self.open_counts.pop(ino, None)
+            if ino < SNAP_BASE and not self.store.read_only:
+                ind = self.objects.inode(ino)
+                if not ind.free and ind.nlink == 0:
+                    self.objects.release(ino)
+
+    def statfs(self) -> StatFs:
+        with self.lock:
+            st = self.store.statistics()
+            return StatFs(self.store.block_size, st.total_blocks, st.free_blocks,
+                          1 << 40, (1 << 40) - self.objects.next_ino, MAX_NAME_LEN)
+
+    # -- snapshots and rollback ---------------------------------------------
+
+    def rollback(self, name: str) -> None:
+        with self.lock:
+            self.store.rollback(name)
+            self.reset_caches()
+            self._views.clear()
+
+    # -- paths (the Python API and the offline CLI) ---------------------------
+
+    def resolve(self, path: str, follow: bool = True, _depth: int = 0) -> int:
+        """The inode of an absolute path (symlinks followed except, optionally, the last)."""
+        with self.lock:
+            if _depth > 40:
+                raise FsError(errno.ELOOP, path)
+            parts = [p for p in path.split("/") if p]
+            ino = ROOT_INO
+            for i, part in enumerate(parts):
+                try:
+                    child = self.lookup(ino, part.encode())
+                except FsError as e:
+                    raise FsError(e.errno, path) from None
+                last = i == len(parts) - 1
+                if (follow or not last) and child != SNAPDIR_INO and stat.S_ISLNK(
+                        self._inode(child).mode):
+                    target = self.readlink(child).decode(errors="surrogateescape")
+                    base = "/" + "/".join(parts[:i])
+                    full = target if target.startswith("/") else f"{base}/{target}"
+                    rest = "/".join(parts[i + 1 :])
+                    return self.resolve(f"{full}/{rest}" if rest else full, follow, _depth + 1)
+                ino = child
+            return ino
+
+    def resolve_parent(self, path: str) -> tuple[int, bytes]:
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            raise FsError(errno.EINVAL, path, "the root has no parent")
+        parent = self.resolve("/" + "/".join(parts[:-1]))
+        return parent, parts[-1].encode(errors="surrogateescape")
+
+    def path_of(self, ino: int) -> str:
+        """One path of an active inode (for messages); '?' when unknown."""
+        with self.lock:
+            if ino == ROOT_INO:
+                return "/"
+            return f"<inode {ino}>"
+
+

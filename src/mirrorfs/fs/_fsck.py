@@ -1,0 +1,252 @@
+"""fsck: a list of small checks over a volume, one invariant each.
+
+Owns nothing; reads only. Keeps: every finding names what is wrong and
+where (a path and offset for data, a block for metadata); a clean volume
+has no findings.
+
+Checks, in order:
+
+* ``checksums``: every block of every tree of the active image and of each
+  snapshot, on every readable plex, matches the checksum its parent holds.
+* ``namespace``: every entry names a used inode of the type it says; link
+  counts equal the references; every used inode is reachable.
+* ``block-map``: the active plane holds exactly the blocks the active image
+  reaches (nothing leaked, nothing missing); each snapshot's plane holds
+  every block its image reaches.
+* ``accounting``: free + used == total.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import CorruptBlock, FormatError
+from ..ondisk import ROOT_INO, PtrArray, decode_bucket
+from ..store import ObjectView, Store, Tree, inodes, plane_from_tree
+from ..store import _planes as planes
+from ..store._objects import ptr_of
+
+
+@dataclasses.dataclass
+class Finding:
+    check: str
+    image: str
+    detail: str
+    path: str | None = None
+    block: int | None = None
+    plex: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        plex = f" on plex {self.plex}" if self.plex else ""
+        blk = f" (block {self.block})" if self.block is not None else ""
+        return f"[{self.check}] {self.image}: {where}{self.detail}{plex}{blk}"
+
+
+@dataclasses.dataclass
+class FsckReport:
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+    blocks_checked: int = 0
+    files: int = 0
+    directories: int = 0
+    snapshots: int = 0
+    repaired: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+    def as_dict(self) -> dict[str, object]:
+        return {"clean": self.clean, "blocks_checked": self.blocks_checked,
+                "files": self.files, "directories": self.directories,
+                "snapshots": self.snapshots, "repaired": self.repaired,
+                "findings": [f.as_dict() for f in self.findings]}
+
+
+class _Walker:
+    """Walks one image's trees, verifying each level on every plex before descending."""
+
+    def __init__(self, store: Store, report: FsckReport, image: str, repair: bool,
+                 seen: np.ndarray, progress: Callable[[int], None] | None) -> None:
+        self.store = store
+        self.report = report
+        self.image = image
+        self.repair = repair
+        self.seen = seen  # plane of blocks already verified (snapshots share blocks)
+        self.progress = progress
+        self.reached: list[np.ndarray] = []
+
+    def tree(self, tree: Tree, path: str) -> bool:
+        """Verify every block of ``tree``; False if something in it is bad."""
+        if tree.root["blk"][0] == 0:
+            return True
+        ok = self._verify(tree.root, path, tree.height, 0, tree)
+        level_ptrs = tree.root
+        for level in range(tree.height, 0, -1):
+            good = level_ptrs
+            try:
+                nodes = tree.src.read_nodes(good, tree.what)
+            except CorruptBlock:
+                return False
+            children = np.concatenate(nodes)
+            pos = np.flatnonzero(children["blk"])
+            children = children[pos]
+            if not self._verify(children, path, level - 1, 0, tree, pos):
+                ok = False
+            level_ptrs = children
+        return ok
+
+    def _verify(self, ptrs: PtrArray, path: str, level: int, base: int, tree: Tree,
+                pos: np.ndarray | None = None) -> bool:
+        blks = np.asarray(ptrs["blk"], dtype=np.uint64)
+        self.reached.append(blks)
+        fresh = ~planes.test_bits(self.seen, blks)
+        todo = ptrs[fresh]
+        if len(todo) == 0:
+            return True
+        planes.set_bits(self.seen, np.asarray(todo["blk"], dtype=np.uint64))
+        res = self.store.mirror.check(todo, repair=self.repair)
+        self.report.blocks_checked += len(todo)
+        self.report.repaired += res.repaired
+        if self.progress:
+            self.progress(len(todo))
+        bad = set(res.unrecoverable) if not self.repair else set(res.unrecoverable)
+        for spec, blk, i in res.bad:
+            if self.repair and i not in bad:
+                continue
+            what = "data block" if level == 0 else f"tree node (level {level})"
+            offset = ""
+            if level == 0 and pos is not None and tree.height <= 1:
+                offset = f" at offset {int(pos[np.flatnonzero(fresh)[i]]) * tree.src.block_size}"
+            self.report.findings.append(Finding(
+                "checksums", self.image, f"checksum mismatch in {what}{offset}", path, blk, spec))
+        return not res.bad or (self.repair and not bad)
+
+
+def fsck(store: Store, repair: bool = False,
+         progress: Callable[[int], None] | None = None) -> FsckReport:
+    """Run every check on every image of the volume."""
+    report = FsckReport()
+    seen = np.zeros(store.plane_words, dtype=np.uint64)
+    images: list[tuple[str, ObjectView, np.ndarray | None]] = [("active", store.objects, None)]
+    for rec in store.snapshots:
+        images.append((f"snapshot {rec.name}", store.view(rec), store.snapshot_plane(rec)))
+    report.snapshots = len(store.snapshots)
+    for name, view, plane in images:
+        w = _Walker(store, report, name, repair, seen, progress)
+        w.tree(view.objtab, "<object table>")
+        _namespace(view, w, report, count=plane is None)
+        if plane is None:
+            w.tree(store.snap_tree, "<snapshot table>")
+            w.tree(store.plane_tree, "<block-map plane>")
+            _check_active_plane(store, w, report)
+        else:
+            rec = next(r for r in store.snapshots if f"snapshot {r.name}" == name)
+            w.tree(Tree(store.src, ptr_of(rec.plane_root), rec.plane_height, "plane"),
+                   "<block-map plane>")
+            reached = np.concatenate(w.reached) if w.reached else np.zeros(0, np.uint64)
+            missing = reached[~planes.test_bits(plane, reached)]
+            if len(missing):
+                report.findings.append(Finding(
+                    "block-map", name, f"{len(missing)} reachable blocks missing from the "
+                    f"snapshot's plane (first {int(missing[0])})"))
+    st = store.statistics()
+    used = planes.count(store.alloc.held())
+    if st.free_blocks + used != store.nblocks:
+        report.findings.append(Finding("accounting", "active",
+                                       f"free {st.free_blocks} + used {used} != {store.nblocks}"))
+    return report
+
+
+def _check_active_plane(store: Store, w: _Walker, report: FsckReport) -> None:
+    reached = np.concatenate([*w.reached, store.reserved])
+    uniq, counts = np.unique(reached, return_counts=True)
+    dup = uniq[counts > 1]
+    if len(dup):
+        report.findings.append(Finding("block-map", "active",
+                                       f"{len(dup)} blocks referenced twice (first {int(dup[0])})"))
+    expected = np.zeros(store.plane_words, dtype=np.uint64)
+    planes.set_bits(expected, uniq)
+    on_disk = plane_from_tree(store.plane_tree, store.plane_words)
+    leaked = planes.to_blocks(on_disk & ~expected)
+    missing = planes.to_blocks(expected & ~on_disk)
+    if len(leaked):
+        report.findings.append(Finding("block-map", "active",
+                                       f"{len(leaked)} blocks marked used but unreachable "
+                                       f"(first {int(leaked[0])})"))
+    if len(missing):
+        report.findings.append(Finding("block-map", "active",
+                                       f"{len(missing)} reachable blocks not marked used "
+                                       f"(first {int(missing[0])})"))
+
+
+def _namespace(view: ObjectView, w: _Walker, report: FsckReport, count: bool) -> None:
+    refs: dict[int, int] = {ROOT_INO: 1}
+    subdirs: dict[int, int] = {}
+    paths: dict[int, str] = {ROOT_INO: "/"}
+    used: dict[int, int] = {}
+    try:
+        for ino, ind in inodes(view):
+            used[ino] = ind.mode
+    except (CorruptBlock, FormatError) as e:
+        report.findings.append(Finding("namespace", view.name, f"object table unreadable: {e}"))
+        return
+    stack = [ROOT_INO]
+    while stack:
+        d = stack.pop()
+        dpath = paths[d]
+        ind = view.inode(d)
+        tree = view.tree(d)
+        if not w.tree(tree, dpath):
+            continue
+        if count:
+            report.directories += 1
+        for i in tree.nonnull_leaves(0, 1 << (ind.dir_depth)).tolist():
+            try:
+                leaf = tree.read_leaf(i)
+                entries = decode_bucket(leaf) if leaf is not None else []
+            except (CorruptBlock, FormatError) as e:
+                report.findings.append(Finding("namespace", view.name, str(e), dpath))
+                continue
+            for _h, child, typ, name in entries:
+                cpath = dpath.rstrip("/") + "/" + name.decode(errors="replace")
+                mode = used.get(child)
+                if mode is None:
+                    report.findings.append(Finding("namespace", view.name,
+                                                   f"entry names free inode {child}", cpath))
+                    continue
+                if stat.S_IFMT(mode) >> 12 != typ:
+                    report.findings.append(Finding("namespace", view.name,
+                                                   "entry type differs from the inode", cpath))
+                refs[child] = refs.get(child, 0) + 1
+                if stat.S_ISDIR(mode):
+                    subdirs[d] = subdirs.get(d, 0) + 1
+                    if child in paths:
+                        report.findings.append(Finding("namespace", view.name,
+                                                       "directory linked twice", cpath))
+                        continue
+                    paths[child] = cpath
+                    stack.append(child)
+                elif child not in paths:
+                    paths[child] = cpath
+                    if count:
+                        report.files += 1
+                    w.tree(view.tree(child), cpath)
+    for ino, mode in used.items():
+        ind = view.inode(ino)
+        if ino not in refs:
+            report.findings.append(Finding("namespace", view.name,
+                                           f"inode {ino} is used but no directory names it"))
+            continue
+        want = 2 + subdirs.get(ino, 0) if stat.S_ISDIR(mode) else refs[ino]
+        if ind.nlink != want:
+            report.findings.append(Finding("namespace", view.name,
+                                           f"link count {ind.nlink}, expected {want}",
+                                           paths.get(ino)))

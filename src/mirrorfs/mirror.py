@@ -1,0 +1,350 @@
+"""MirrorSet: the plexes of one volume, write fan-out and verified reads.
+
+Owns plex membership and states at run time. Keeps: every block a reader
+gets matches the checksum its parent pointer holds; a plex that fails a write
+or a flush leaves the set of writable plexes at once, and the volume goes on
+while at least ``min_plexes`` remain.
+
+Reads. A read goes to one in-sync plex (spread by a rotating start); a
+checksum mismatch or an I/O error retries the block on the next in-sync
+plex and, on success, rewrites the good bytes onto the plex that failed.
+
+Writes. ``write_blocks`` sorts and coalesces blocks into runs and issues one
+``writev`` per run per plex; plexes are written in parallel threads (file
+I/O releases the GIL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import CorruptBlock, MirrorfsError, PlexIOError
+from .ondisk import PlexState, PtrArray, Superblock, checksums, cp_offsets
+from .plex import Buffer, Plex
+
+log = logging.getLogger(__name__)
+
+MAX_RUN_BLOCKS = 1024  # longest run read or written in one call (4 MiB at 4 KiB blocks)
+
+
+@dataclasses.dataclass(eq=False)
+class PlexSlot:
+    """One member plex: its I/O, its identity, its run-time state."""
+
+    plex: Plex
+    plex_uuid: uuid.UUID
+    ordinal: int
+    state: PlexState
+    sb: Superblock | None = None
+    errors: int = 0
+    repaired: int = 0
+
+    @property
+    def spec(self) -> str:
+        return self.plex.spec
+
+    @property
+    def writable(self) -> bool:
+        return self.state in (PlexState.IN_SYNC, PlexState.RESYNCING)
+
+    @property
+    def readable(self) -> bool:
+        return self.state == PlexState.IN_SYNC
+
+
+@dataclasses.dataclass(frozen=True)
+class MirrorStats:
+    reads: int
+    read_bytes: int
+    writes: int
+    write_bytes: int
+    repaired: int
+    errors: int
+
+
+@dataclasses.dataclass
+class CheckResult:
+    """What ``MirrorSet.check`` found: per-plex bad copies, repairs, blocks bad everywhere.
+
+    ``bad`` holds (plex spec, block, index into the checked pointers);
+    ``unrecoverable`` the indices of blocks bad on every readable plex.
+    """
+
+    checked: int = 0
+    errors: dict[str, int] = dataclasses.field(default_factory=dict)
+    bad: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
+    repaired: int = 0
+    unrecoverable: list[int] = dataclasses.field(default_factory=list)
+
+
+def runs(blks: npt.NDArray[np.uint64], limit: int = MAX_RUN_BLOCKS) -> list[tuple[int, int]]:
+    """Split sorted block numbers into (start index, end index) runs of adjacent blocks."""
+    if len(blks) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(blks.astype(np.int64)) != 1) + 1
+    bounds = np.concatenate(([0], breaks, [len(blks)]))
+    out: list[tuple[int, int]] = []
+    for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        for a in range(s, e, limit):
+            out.append((a, min(e, a + limit)))
+    return out
+
+
+class MirrorSet:
+    """The plexes of one volume seen as one verified block device."""
+
+    class NoWritablePlex(MirrorfsError):
+        """fewer than {0} plexes could be written ({1}); the volume is now read-only"""
+
+        exit_code = 1
+
+    def __init__(self, slots: Sequence[PlexSlot], block_size: int, nblocks: int,
+                 min_plexes: int = 1, read_only: bool = False) -> None:
+        self.slots = list(slots)
+        self.read_only = read_only
+        self.block_size = block_size
+        self.nblocks = nblocks
+        self.volume_bytes = nblocks * block_size
+        self.min_plexes = min_plexes
+        self._rr = 0
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.slots)),
+                                        thread_name_prefix="plex")
+        self._reads = self._read_bytes = self._writes = self._write_bytes = 0
+
+    # -- membership ---------------------------------------------------------
+
+    def writable(self) -> list[PlexSlot]:
+        return [s for s in self.slots if s.writable]
+
+    def readable(self) -> list[PlexSlot]:
+        return [s for s in self.slots if s.readable]
+
+    def fail(self, slot: PlexSlot, err: Exception) -> None:
+        """Take a plex out of the in-sync set after an I/O error."""
+        if slot.state != PlexState.FAILED:
+            log.warning("plex %s failed and leaves the in-sync set: %s", slot.spec, err)
+        slot.state = PlexState.FAILED
+        slot.errors += 1
+
+    def _check_writable(self, what: str) -> list[PlexSlot]:
+        ws = self.writable()
+        if len(ws) < self.min_plexes:
+            raise MirrorSet.NoWritablePlex(self.min_plexes, what)
+        return ws
+
+    def _each(self, fn: Callable[[PlexSlot], None], what: str) -> None:
+        """Run ``fn`` on every writable plex in parallel; failures drop the plex."""
+        ws = self._check_writable(what)
+        if len(ws) == 1:
+            results: list[Exception | None] = []
+            try:
+                fn(ws[0])
+                results.append(None)
+            except PlexIOError as e:
+                results.append(e)
+        else:
+            futs = [self._pool.submit(fn, s) for s in ws]
+            results = []
+            for f in futs:
+                exc = f.exception()
+                if exc is not None and not isinstance(exc, PlexIOError):
+                    raise exc
+                results.append(exc)  # type: ignore[arg-type]
+        for s, err in zip(ws, results, strict=True):
+            if err is not None:
+                self.fail(s, err)
+        self._check_writable(what)
+
+    # -- reads --------------------------------------------------------------
+
+    def read_raw(self, slot: PlexSlot, blk: int, count: int) -> bytes:
+        """Unverified bytes of ``count`` blocks from one plex (for superblocks, scrub, resync)."""
+        data = slot.plex.read(blk * self.block_size, count * self.block_size)
+        self._reads += 1
+        self._read_bytes += len(data)
+        return data
+
+    def read_verified(self, ptrs: PtrArray, what: str = "") -> list[bytes]:
+        """The blocks ``ptrs`` point at, each checked against its pointer's checksum.
+
+        Adjacent blocks are read in one call. A block that fails on one plex is
+        read from the next and repaired on the one that failed. A block bad on
+        every in-sync plex raises CorruptBlock naming ``what`` and the block.
+        """
+        n = len(ptrs)
+        out: list[bytes] = [b""] * n
+        if n == 0:
+            return out
+        blks = np.asarray(ptrs["blk"], dtype=np.uint64)
+        order = np.argsort(blks, kind="stable")
+        sblks = blks[order]
+        readers = self.readable()
+        if not readers:
+            raise MirrorSet.NoWritablePlex(1, "no in-sync plex to read from")
+        with self._lock:
+            start = self._rr % len(readers)
+            self._rr += 1
+        first = readers[start]
+        bs = self.block_size
+        bad: list[int] = []
+        for s, e in runs(sblks):
+            idx = order[s:e]
+            try:
+                data = self.read_raw(first, int(sblks[s]), e - s)
+            except PlexIOError as err:
+                self.fail(first, err)
+                bad.extend(idx.tolist())
+                continue
+            mv = memoryview(data)
+            blocks = [mv[i * bs : (i + 1) * bs] for i in range(e - s)]
+            ok = np.all(checksums(blocks) == np.asarray(ptrs["ck"][idx]).reshape(-1, 2), axis=1)
+            for j, i in enumerate(idx.tolist()):
+                if ok[j]:
+                    out[i] = bytes(blocks[j])
+                else:
+                    bad.append(i)
+        for i in bad:
+            out[i] = self._recover(ptrs[i : i + 1], first, what)
+        return out
+
+    def _recover(self, ptr: PtrArray, failed: PlexSlot, what: str) -> bytes:
+        blk = int(ptr["blk"][0])
+        want = bytes(np.asarray(ptr["ck"][0], dtype="<u8").tobytes())
+        failed.errors += 1
+        log.warning("checksum or I/O error on plex %s, block %d (%s)", failed.spec, blk, what)
+        for slot in self.readable():
+            if slot is failed:
+                continue
+            try:
+                data = self.read_raw(slot, blk, 1)
+            except PlexIOError as err:
+                self.fail(slot, err)
+                continue
+            if checksums([data]).tobytes() == want:
+                if failed.writable and not self.read_only:
+                    try:
+                        failed.plex.writev(blk * self.block_size, [data])
+                        failed.repaired += 1
+                    except PlexIOError as err:
+                        self.fail(failed, err)
+                return data
+            slot.errors += 1
+        raise CorruptBlock(what or "volume", blk, "checksum mismatch on every in-sync plex")
+
+    # -- writes -------------------------------------------------------------
+
+    def write_blocks(self, blks: npt.NDArray[np.uint64], bufs: Sequence[Buffer]) -> None:
+        """Write ``bufs[i]`` to block ``blks[i]`` on every writable plex, coalesced."""
+        if len(blks) == 0:
+            return
+        order = np.argsort(blks, kind="stable")
+        sblks = blks[order]
+        sbufs = [bufs[i] for i in order.tolist()]
+        bs = self.block_size
+        plan = [(int(sblks[s]) * bs, sbufs[s:e]) for s, e in runs(sblks)]
+        nbytes = len(blks) * bs
+
+        def write(slot: PlexSlot) -> None:
+            for off, chunk in plan:
+                slot.plex.writev(off, chunk)
+
+        self._each(write, "writing blocks")
+        self._writes += len(plan)
+        self._write_bytes += nbytes
+
+    def flush(self) -> None:
+        self._each(lambda s: s.plex.flush(), "flushing")
+
+    def write_superblocks(self, make: Callable[[PlexSlot], Superblock]) -> None:
+        """Write each writable plex's slot for the new CP (both rings), then flush.
+
+        A plex that fails here leaves the set; the survivors' superblock of the
+        *next* CP records that, since this one is already written.
+        """
+        def write(slot: PlexSlot) -> None:
+            sb = make(slot)
+            raw = sb.encode()
+            a, b = cp_offsets(self.volume_bytes, sb.cp)
+            slot.plex.writev(a, [raw])
+            slot.plex.writev(b, [raw])
+            slot.plex.flush()
+            slot.sb = sb
+
+        self._each(write, "writing superblocks")
+
+    def check(self, ptrs: PtrArray, repair: bool = False) -> CheckResult:
+        """Verify blocks on every readable plex; optionally rewrite bad copies from a good one.
+
+        Unlike ``read_verified`` this reads every plex, so damage on a plex
+        that reads would never touch is found too (fsck and scrub).
+        """
+        result = CheckResult()
+        if len(ptrs) == 0:
+            return result
+        blks = np.asarray(ptrs["blk"], dtype=np.uint64)
+        order = np.argsort(blks, kind="stable")
+        sblks = blks[order]
+        want = np.asarray(ptrs["ck"]).reshape(-1, 2)[order]
+        bs = self.block_size
+        readers = self.readable()
+        good: dict[int, bytes] = {}
+        bad_by_slot: dict[int, list[int]] = {}
+        for k, slot in enumerate(readers):
+            for s, e in runs(sblks):
+                try:
+                    data = self.read_raw(slot, int(sblks[s]), e - s)
+                except PlexIOError as err:
+                    self.fail(slot, err)
+                    bad_by_slot.setdefault(k, []).extend(range(s, e))
+                    continue
+                mv = memoryview(data)
+                blocks = [mv[i * bs : (i + 1) * bs] for i in range(e - s)]
+                ok = np.all(checksums(blocks) == want[s:e], axis=1)
+                for j in np.flatnonzero(~ok).tolist():
+                    bad_by_slot.setdefault(k, []).append(s + j)
+                if repair:
+                    for j in np.flatnonzero(ok).tolist():
+                        if (s + j) not in good:
+                            good[s + j] = bytes(blocks[j])
+        result.checked = len(ptrs) * len(readers)
+        unrecoverable: set[int] = set()
+        for k, bad in bad_by_slot.items():
+            slot = readers[k]
+            slot.errors += len(bad)
+            result.errors[slot.spec] = result.errors.get(slot.spec, 0) + len(bad)
+            for i in bad:
+                blk = int(sblks[i])
+                result.bad.append((slot.spec, blk, int(order[i])))
+                data = good.get(i) if repair else None
+                if data is None:
+                    if all(i in bad_by_slot.get(x, ()) for x in range(len(readers))):
+                        unrecoverable.add(i)
+                    continue
+                if self.read_only or not slot.writable:
+                    continue
+                try:
+                    slot.plex.writev(blk * bs, [data])
+                    slot.repaired += 1
+                    result.repaired += 1
+                except PlexIOError as err:
+                    self.fail(slot, err)
+        result.unrecoverable = sorted(int(order[i]) for i in unrecoverable)
+        return result
+
+    def statistics(self) -> MirrorStats:
+        return MirrorStats(self._reads, self._read_bytes, self._writes, self._write_bytes,
+                           sum(s.repaired for s in self.slots), sum(s.errors for s in self.slots))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for s in self.slots:
+            s.plex.close()

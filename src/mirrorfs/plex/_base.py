@@ -1,0 +1,40 @@
+"""The one small interface every plex offers: read, write, flush, size, close.
+
+Owns nothing but the contract. Keeps: a write that returns has reached the
+plex's cache; only ``flush`` makes it durable, so callers order their
+flushes (DESIGN.md, "Consistency points").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+Buffer = bytes | bytearray | memoryview
+
+
+@runtime_checkable
+class Plex(Protocol):
+    """Block-addressed storage holding one complete copy of a volume."""
+
+    spec: str
+
+    @property
+    def size(self) -> int:
+        """Bytes the plex can hold."""
+        ...
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; raises PlexIOError on failure."""
+        ...
+
+    def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
+        """Write the concatenation of ``bufs`` at ``offset``."""
+        ...
+
+    def flush(self) -> None:
+        """Make every returned write durable."""
+        ...
+
+    def close(self) -> None:
+        ...

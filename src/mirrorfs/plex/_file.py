@@ -1,0 +1,131 @@
+"""FilePlex: a plex on an image file or a block device.
+
+Owns the file descriptor. Keeps: every write is issued as large pwritev
+calls, flush is one fdatasync, and any OS error becomes PlexIOError naming
+the plex, so the mirror can drop the plex instead of crashing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Sequence
+
+from ..errors import PlexError, PlexIOError
+from ._base import Buffer
+
+IOV_MAX = 1024  # most buffers per pwritev call (Linux's IOV_MAX)
+
+
+class FilePlex:
+    """A plex on a regular file (an image, created sparse) or a block device."""
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        self.spec = path
+        self.read_only = read_only
+        flags = os.O_RDONLY if read_only else os.O_RDWR
+        try:
+            self._fd = os.open(path, flags | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise PlexError(path, "no such file or device") from None
+        except IsADirectoryError:
+            raise PlexError(path, "is a directory, not an image file or block device") from None
+        except PermissionError:
+            raise PlexError(path, "permission denied") from None
+        except OSError as e:
+            raise PlexError(path, e.strerror or str(e)) from None
+        st = os.fstat(self._fd)
+        if stat.S_ISBLK(st.st_mode):
+            self._size = os.lseek(self._fd, 0, os.SEEK_END)
+        elif stat.S_ISREG(st.st_mode):
+            self._size = st.st_size
+        else:
+            os.close(self._fd)
+            raise PlexError(path, "is neither a regular file nor a block device")
+
+    @classmethod
+    def create(cls, path: str, size: int) -> FilePlex:
+        """Create a sparse image file of ``size`` bytes (or use an existing block device)."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISBLK(st.st_mode):
+            plex = cls(path)
+            if plex.size < size:
+                plex.close()
+                raise PlexError(path, f"device holds {plex.size} bytes, the volume needs {size}")
+            return plex
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise PlexError(path, f"cannot create: {e.strerror}") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.ftruncate(fd, size)
+        except OSError as e:
+            raise PlexError(path, f"cannot size to {size} bytes: {e.strerror}") from None
+        finally:
+            os.close(fd)
+        return cls(path)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, offset: int, length: int) -> bytes:
+        try:
+            data = os.pread(self._fd, length, offset)
+        except OSError as e:
+            raise PlexIOError(self.spec, f"reading {length} bytes at {offset}: {e.strerror}") from None
+        if len(data) < length:
+            if offset + length > self._size:
+                raise PlexIOError(self.spec, f"read past the end ({offset + length} > {self._size})")
+            data += bytes(length - len(data))  # a sparse tail reads as zeros
+        return data
+
+    def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
+        if self.read_only:
+            raise PlexIOError(self.spec, "write to a plex opened read-only")
+        pos = offset
+        for i in range(0, len(bufs), IOV_MAX):
+            chunk = list(bufs[i : i + IOV_MAX])
+            want = sum(len(b) for b in chunk)
+            try:
+                done = os.pwritev(self._fd, chunk, pos)
+            except OSError as e:
+                what = "the plex is full" if e.errno == errno.ENOSPC else e.strerror
+                raise PlexIOError(self.spec, f"writing {want} bytes at {pos}: {what}") from None
+            if done != want:  # rare: finish the short write byte-exactly
+                rest = b"".join(bytes(b) for b in chunk)[done:]
+                self._write_all(pos + done, rest)
+            pos += want
+
+    def _write_all(self, pos: int, data: bytes) -> None:
+        mv = memoryview(data)
+        while mv:
+            try:
+                n = os.pwrite(self._fd, mv, pos)
+            except OSError as e:
+                raise PlexIOError(self.spec, f"writing at {pos}: {e.strerror}") from None
+            if n == 0:
+                raise PlexIOError(self.spec, f"writing at {pos}: no progress (plex full?)")
+            mv = mv[n:]
+            pos += n
+
+    def flush(self) -> None:
+        if self.read_only:
+            return
+        try:
+            os.fdatasync(self._fd)
+        except OSError as e:
+            raise PlexIOError(self.spec, f"flush: {e.strerror}") from None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __repr__(self) -> str:
+        return f"FilePlex({self.spec!r})"

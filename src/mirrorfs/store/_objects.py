@@ -1,0 +1,248 @@
+"""Objects: numbered byte streams with attributes, read from one image of the file system.
+
+Owns the inode cache, the per-object trees and the dirty state of the active
+image. Keeps: an object's bytes beyond its size read as zeros, and a write
+never touches a committed block (it goes to a dirty leaf of the object's
+tree), so snapshots and the last CP stay intact until the CP commits.
+
+``ObjectView`` reads any image (the active one or a snapshot);
+``ObjectTable`` adds writes to the active image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+
+from ..errors import ReadOnly
+from ..ondisk import INODE_SIZE, PTR_DTYPE, Inode, PtrArray, ptr_bytes
+from ._tree import BlockSource, Space, Tree
+
+INODE_CACHE = 1 << 17  # most clean inodes kept decoded
+
+
+def ptr_of(raw: bytes) -> PtrArray:
+    return np.frombuffer(raw, dtype=PTR_DTYPE).copy()
+
+
+class ObjectView:
+    """Read-only access to the objects of one image of the file system."""
+
+    def __init__(self, src: BlockSource, objtab_root: PtrArray, objtab_height: int,
+                 next_ino: int, name: str = "active") -> None:
+        self.src = src
+        self.block_size = src.block_size
+        self.per_leaf = self.block_size // INODE_SIZE
+        self.objtab = Tree(src, objtab_root, objtab_height, f"{name} object table")
+        self.next_ino = next_ino
+        self.name = name
+        self._inodes: dict[int, Inode] = {}
+        self._trees: dict[int, Tree] = {}
+
+    @property
+    def read_only(self) -> bool:
+        return True
+
+    def inode(self, ino: int) -> Inode:
+        """The inode record of ``ino`` (a free record if it was never used)."""
+        got = self._inodes.get(ino)
+        if got is not None:
+            return got
+        leaf = self.objtab.read_leaf(ino // self.per_leaf)
+        if len(self._inodes) > INODE_CACHE:
+            self._evict()
+        if leaf is None:
+            return Inode()
+        base = ino - ino % self.per_leaf
+        mv = memoryview(leaf)
+        for j in range(self.per_leaf):
+            n = base + j
+            if n not in self._inodes:
+                self._inodes[n] = Inode.decode(mv[j * INODE_SIZE : (j + 1) * INODE_SIZE])
+        return self._inodes[ino]
+
+    def _evict(self) -> None:
+        self._inodes.clear()
+
+    def tree(self, ino: int) -> Tree:
+        t = self._trees.get(ino)
+        if t is None:
+            ind = self.inode(ino)
+            t = Tree(self.src, ptr_of(ind.root), ind.height, f"{self.name} inode {ino}")
+            self._trees[ino] = t
+        return t
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``, holes as zeros, short at end of object."""
+        ind = self.inode(ino)
+        end = min(ind.size, offset + size)
+        if offset >= end:
+            return b""
+        bs = self.block_size
+        a, b = offset // bs, (end - 1) // bs + 1
+        leaves = self.tree(ino).read_leaves(a, b)
+        zero = bytes(bs)
+        data = b"".join([zero if d is None else d for d in leaves])
+        start = offset - a * bs
+        return data[start : start + (end - offset)]
+
+    def leaf(self, ino: int, i: int) -> bytes | bytearray | None:
+        return self.tree(ino).read_leaf(i)
+
+    def tree_ptrs(self, ino: int) -> Iterable[tuple[int, PtrArray]]:
+        return self.tree(ino).walk_ptrs()
+
+
+class ObjectTable(ObjectView):
+    """The active image: reads, and writes that become dirty leaves until the next CP."""
+
+    def __init__(self, src: BlockSource, objtab_root: PtrArray, objtab_height: int,
+                 next_ino: int, read_only: bool = False) -> None:
+        super().__init__(src, objtab_root, objtab_height, next_ino)
+        self._ro = read_only
+        self._dirty_inodes: set[int] = set()
+        self._freed: set[int] = set()
+        self.dirty_leaves = 0
+
+    @property
+    def read_only(self) -> bool:
+        return self._ro
+
+    def _check(self) -> None:
+        if self._ro:
+            raise ReadOnly("writes are refused")
+
+    def _evict(self) -> None:
+        for ino in [i for i in self._inodes if i not in self._dirty_inodes]:
+            del self._inodes[ino]
+
+    # -- inodes -------------------------------------------------------------
+
+    def set_inode(self, ino: int, inode: Inode) -> None:
+        self._check()
+        self._inodes[ino] = inode
+        self._dirty_inodes.add(ino)
+
+    def update(self, ino: int, **changes: int) -> Inode:
+        new = dataclasses.replace(self.inode(ino), **changes)
+        self.set_inode(ino, new)
+        return new
+
+    def new_ino(self) -> int:
+        self._check()
+        ino = self.next_ino
+        self.next_ino += 1
+        return ino
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty_inodes) or any(t.is_dirty for t in self._trees.values())
+
+    # -- data ---------------------------------------------------------------
+
+    def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """Write ``data`` at ``offset``; grows the object; returns bytes written."""
+        self._check()
+        n = len(data)
+        if n == 0:
+            return 0
+        bs = self.block_size
+        tree = self.tree(ino)
+        mv = memoryview(data).cast("B")
+        pos = 0
+        first = offset // bs
+        last = (offset + n - 1) // bs
+        before = len(tree.dirty)
+        for lb in range(first, last + 1):
+            lo = max(offset, lb * bs)
+            hi = min(offset + n, (lb + 1) * bs)
+            chunk = mv[pos : pos + (hi - lo)]
+            pos += hi - lo
+            if hi - lo == bs:
+                tree.dirty[lb] = bytes(chunk)
+                continue
+            cur = tree.dirty.get(lb)
+            if not isinstance(cur, bytearray):
+                old = cur if cur is not None and lb in tree.dirty else tree.read_leaf(lb)
+                cur = bytearray(old) if old is not None else bytearray(bs)
+                tree.dirty[lb] = cur
+            cur[lo - lb * bs : hi - lb * bs] = chunk
+        self.dirty_leaves += len(tree.dirty) - before
+        ind = self.inode(ino)
+        if offset + n > ind.size:
+            self.set_inode(ino, dataclasses.replace(ind, size=offset + n))
+        else:
+            self._dirty_inodes.add(ino)
+        return n
+
+    def truncate(self, ino: int, size: int) -> None:
+        """Set the object's size; bytes past it are dropped (and read as zeros if regrown)."""
+        self._check()
+        ind = self.inode(ino)
+        bs = self.block_size
+        tree = self.tree(ino)
+        if size < ind.size:
+            keep = -(-size // bs)
+            for lb in tree.nonnull_leaves(keep, -(-ind.size // bs)).tolist():
+                tree.dirty[lb] = None
+            for lb in [k for k in tree.dirty if k >= keep]:
+                tree.dirty[lb] = None
+            if size % bs:
+                lb = size // bs
+                old = tree.dirty[lb] if lb in tree.dirty else tree.read_leaf(lb)
+                if old is not None:
+                    cur = bytearray(old)
+                    cur[size % bs :] = bytes(bs - size % bs)
+                    tree.dirty[lb] = cur
+        self.set_inode(ino, dataclasses.replace(ind, size=size))
+
+    def release(self, ino: int) -> None:
+        """Free an object: drop all its blocks and clear its record."""
+        self.truncate(ino, 0)
+        self.set_inode(ino, dataclasses.replace(Inode(), root=self.inode(ino).root,
+                                                height=self.inode(ino).height))
+        self._freed.add(ino)
+
+    # -- the CP -------------------------------------------------------------
+
+    def place_and_seal(self, space: Space, cp: int) -> tuple[list[int], list[bytes | bytearray]]:
+        """Commit every dirty object, then the object table itself; return the writes."""
+        blks: list[int] = []
+        datas: list[bytes | bytearray] = []
+        for ino, tree in list(self._trees.items()):
+            if not tree.is_dirty:
+                continue
+            tree.place(space, cp)
+            b, d = tree.seal()
+            blks += b
+            datas += d
+            ind = self.inode(ino)
+            self.set_inode(ino, dataclasses.replace(
+                ind, root=ptr_bytes(tree.root), height=tree.height,
+                blocks=max(0, ind.blocks + tree.leaf_delta)))
+            tree.leaf_delta = 0
+        by_leaf: dict[int, list[int]] = {}
+        for ino in self._dirty_inodes:
+            by_leaf.setdefault(ino // self.per_leaf, []).append(ino)
+        for leaf_no, inos in sorted(by_leaf.items()):
+            old = self.objtab.read_leaf(leaf_no)
+            buf = bytearray(old) if old is not None else bytearray(self.block_size)
+            for ino in inos:
+                j = (ino % self.per_leaf) * INODE_SIZE
+                buf[j : j + INODE_SIZE] = self._inodes[ino].encode()
+            self.objtab.write_leaf(leaf_no, None if not any(buf) else bytes(buf))
+        self.objtab.place(space, cp)
+        b, d = self.objtab.seal()
+        blks += b
+        datas += d
+        self._dirty_inodes.clear()
+        self.dirty_leaves = 0
+        for ino in self._freed:
+            self._trees.pop(ino, None)
+        self._freed.clear()
+        if len(self._trees) > 4096:
+            self._trees = {k: t for k, t in self._trees.items() if t.is_dirty}
+        return blks, datas
+

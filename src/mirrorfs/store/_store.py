@@ -1,0 +1,382 @@
+"""The copy-on-write store of one volume: objects, block-map planes, snapshots, CPs.
+
+Owns the CP counter, the planes, the snapshot table and the order of a
+commit. Keeps: after a crash at any moment, every plex opens at CP n or
+CP n+1, complete and consistent.
+
+Order of a CP (DESIGN.md, "Consistency points"):
+
+1. Place every dirty block: new blocks for dirty leaves and the nodes above
+   them, children before parents; the object table after the objects; the
+   snapshot table; the active plane last, repeated until the plane's own
+   blocks are in it (the fixpoint).
+2. Write the blocks to every writable plex, sorted and coalesced.
+3. Flush every plex.
+4. Write superblock slot n+1 on every plex (both rings); flush.
+5. Only now may blocks freed by CP n+1 be reused (``Allocator.commit``).
+
+Crash argument. Until step 4 reaches a plex, that plex's newest valid slot is
+CP n, and no block CP n references was written (step 1 never hands one out).
+A torn slot n+1 fails its checksum and is skipped. After step 4, slot n+1
+names blocks flushed in step 3.
+
+Planes. The active plane is the set of blocks the active image uses,
+including the blocks of the plane tree itself and the reserved superblock
+rings. A snapshot's plane is the active plane of its CP, shared, not copied.
+A block is free when no plane holds it and the last CP does not hold it.
+
+Lock. ``Store.lock`` (an RLock) guards everything here; the file system takes
+it for each operation and the CP timer for each commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import uuid
+
+import numpy as np
+
+from ..errors import NoSpace, ReadOnly, SnapshotError
+from ..mirror import MirrorSet, PlexSlot
+from ..ondisk import (
+    MAX_SNAPSHOT_NAME,
+    MAX_SNAPSHOTS,
+    RING_BYTES,
+    SNAP_SIZE,
+    Member,
+    SnapKind,
+    SnapshotRecord,
+    Superblock,
+    null_ptrs,
+    ptr_bytes,
+)
+from . import _planes as planes
+from ._alloc import Allocator
+from ._clock import Clock, SystemClock
+from ._objects import ObjectTable, ObjectView, ptr_of
+from ._reach import image_blocks, tree_blocks
+from ._source import MirrorSource
+from ._tree import DEFERRED, Tree
+
+log = logging.getLogger(__name__)
+
+DIRTY_LIMIT_BYTES = 256 << 20  # most dirty data before a write forces a CP
+SPACE_MARGIN = 1.02  # metadata allowance per dirty leaf when checking free space
+SPACE_SLACK_BLOCKS = 256  # blocks kept back for the metadata of the last CP
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreStats:
+    cp: int
+    total_blocks: int
+    free_blocks: int
+    snapshots: int
+    dirty_leaves: int
+
+
+def plane_from_tree(tree: Tree, words: int) -> np.ndarray:
+    """Read a plane tree into a words array (holes are zero words)."""
+    out = np.zeros(words, dtype=np.uint64)
+    per = tree.src.block_size // 8
+    nleaves = words // per
+    step = 1024
+    for a in range(0, nleaves, step):
+        b = min(nleaves, a + step)
+        for i, leaf in enumerate(tree.read_leaves(a, b)):
+            if leaf is not None:
+                out[(a + i) * per : (a + i + 1) * per] = np.frombuffer(leaf, dtype="<u8")
+    return out
+
+
+def reserved_blocks(nblocks: int, block_size: int) -> np.ndarray:
+    """Blocks of the two superblock rings: never allocated, always in the active plane."""
+    ring = -(-RING_BYTES // block_size)
+    return np.concatenate((np.arange(0, ring, dtype=np.uint64),
+                           np.arange(nblocks - ring, nblocks, dtype=np.uint64)))
+
+
+def check_snapshot_name(name: str) -> None:
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise SnapshotError(name or "''", "a name must be non-empty, without '/', not . or ..")
+    if len(name.encode()) > MAX_SNAPSHOT_NAME:
+        raise SnapshotError(name, f"name longer than {MAX_SNAPSHOT_NAME} bytes")
+
+
+class Store:
+    """Objects, planes, snapshots and the CP engine over one MirrorSet."""
+
+    def __init__(self, mirror: MirrorSet, sb: Superblock, *, read_only: bool = False,
+                 clock: Clock | None = None) -> None:
+        self.mirror = mirror
+        self.clock: Clock = clock or SystemClock()
+        self.src = MirrorSource(mirror)
+        self.lock = threading.RLock()
+        self.block_size = mirror.block_size
+        self.nblocks = mirror.nblocks
+        self.read_only = read_only
+        self.volume_uuid = sb.volume_uuid
+        self.cp = sb.cp
+        self.cp_id = sb.cp_id
+        self.prev_cp_id = sb.prev_cp_id
+        self.min_plexes = sb.min_plexes
+        self.members = {m.plex_uuid: m for m in sb.members}
+        self.leaf_words = self.block_size // 8
+        self.plane_words = len(planes.new_plane(self.nblocks, self.leaf_words))
+        self.objects = ObjectTable(self.src, sb.root("objtab"), sb.objtab_height, sb.next_ino,
+                                   read_only)
+        self.plane_tree = Tree(self.src, sb.root("plane"), sb.plane_height, "block-map plane")
+        self.snap_tree = Tree(self.src, sb.root("snaptab"), sb.snaptab_height, "snapshot table")
+        self.snapshots: list[SnapshotRecord] = self._load_snapshots(sb.n_snapshots)
+        self.reserved = reserved_blocks(self.nblocks, self.block_size)
+        active = plane_from_tree(self.plane_tree, self.plane_words)
+        self.alloc = Allocator(active, self._snap_union(), self.nblocks, self.reserved)
+        planes.set_bits(active, self.reserved)  # after: the first CP must persist them
+        self._snaptab_dirty = False
+        self.last_commit = self.clock.monotonic()
+        self.broken: Exception | None = None
+
+    # -- loading ------------------------------------------------------------
+
+    def _load_snapshots(self, n: int) -> list[SnapshotRecord]:
+        per = self.block_size // SNAP_SIZE
+        nleaves = -(-n // per)
+        out: list[SnapshotRecord] = []
+        for leaf in self.snap_tree.read_leaves(0, nleaves):
+            if leaf is None:
+                continue
+            mv = memoryview(leaf)
+            for j in range(per):
+                if len(out) == n:
+                    break
+                out.append(SnapshotRecord.decode(mv[j * SNAP_SIZE : (j + 1) * SNAP_SIZE]))
+        return out
+
+    def snapshot_plane(self, rec: SnapshotRecord) -> np.ndarray:
+        tree = Tree(self.src, ptr_of(rec.plane_root), rec.plane_height,
+                    f"plane of snapshot {rec.name}")
+        return plane_from_tree(tree, self.plane_words)
+
+    def _snap_union(self) -> np.ndarray:
+        union = np.zeros(self.plane_words, dtype=np.uint64)
+        for rec in self.snapshots:
+            union |= self.snapshot_plane(rec)
+        return union
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        return self.objects.dirty or self._snaptab_dirty
+
+    def statistics(self) -> StoreStats:
+        usable = self.nblocks - len(self.reserved)
+        return StoreStats(self.cp, usable, self.alloc.free_blocks(), len(self.snapshots),
+                          self.objects.dirty_leaves)
+
+    def _writable(self) -> None:
+        if self.broken is not None:
+            raise ReadOnly(f"an earlier commit failed ({self.broken})")
+        if self.read_only:
+            raise ReadOnly("writes are refused")
+
+    def check_space(self, new_leaves: int) -> None:
+        """Refuse a write that the next CP could not place (ENOSPC before, not during, a CP)."""
+        need = int((self.objects.dirty_leaves + new_leaves) * SPACE_MARGIN) + SPACE_SLACK_BLOCKS
+        free = self.alloc.free_blocks()
+        if need > free:
+            raise NoSpace(need, free)
+
+    def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """Write object data, committing first when the dirty limit is reached."""
+        with self.lock:
+            self._writable()
+            self.check_space(len(data) // self.block_size + 2)
+            n = self.objects.write(ino, offset, data)
+            if self.objects.dirty_leaves * self.block_size >= DIRTY_LIMIT_BYTES:
+                self.commit()
+            return n
+
+    def truncate(self, ino: int, size: int) -> None:
+        with self.lock:
+            self._writable()
+            self.objects.truncate(ino, size)
+
+    # -- the CP -------------------------------------------------------------
+
+    def commit(self, force: bool = False) -> bool:
+        """Commit everything dirty as CP n+1; returns False when there was nothing to do."""
+        with self.lock:
+            if self.read_only or self.broken is not None:
+                return False
+            if not force and not self.dirty:
+                return False
+            try:
+                self._commit()
+            except Exception as e:
+                self.broken = e
+                raise
+            self.last_commit = self.clock.monotonic()
+            return True
+
+    def _commit(self) -> None:
+        cp = self.cp + 1
+        alloc = self.alloc
+        blks, datas = self.objects.place_and_seal(alloc, cp)
+        if self._snaptab_dirty:
+            b, d = self._place_snaptab(cp)
+            blks += b
+            datas += d
+        b, d = self._place_plane(cp)
+        blks += b
+        datas += d
+        self.mirror.write_blocks(np.array(blks, dtype=np.uint64), datas)
+        self.mirror.flush()
+        new_id = uuid.uuid4()
+        now = self.clock.time_ns()
+        self.mirror.write_superblocks(lambda slot: self._superblock(slot, cp, new_id, now))
+        self.prev_cp_id, self.cp_id, self.cp = self.cp_id, new_id, cp
+        alloc.commit()
+        self._snaptab_dirty = False
+
+    def _place_snaptab(self, cp: int) -> tuple[list[int], list[bytes | bytearray]]:
+        per = self.block_size // SNAP_SIZE
+        recs = [r.encode() for r in self.snapshots]
+        nleaves = -(-len(recs) // per)
+        for i in range(nleaves):
+            chunk = b"".join(recs[i * per : (i + 1) * per])
+            self.snap_tree.write_leaf(i, chunk + bytes(self.block_size - len(chunk)))
+        for i in self.snap_tree.nonnull_leaves(nleaves, 1 << 62).tolist():
+            self.snap_tree.write_leaf(i, None)
+        self.snap_tree.place(self.alloc, cp)
+        return self.snap_tree.seal()
+
+    def _place_plane(self, cp: int) -> tuple[list[int], list[bytes | bytearray]]:
+        """Place the plane's changed leaves until the plane holds its own blocks."""
+        alloc = self.alloc
+        w = self.leaf_words
+        placed = np.zeros(self.plane_words // w, dtype=bool)
+        while True:
+            changed = np.any((alloc.active != alloc.committed).reshape(-1, w), axis=1)
+            new = np.flatnonzero(changed & ~placed)
+            if len(new) == 0:
+                break
+            for i in new.tolist():
+                self.plane_tree.write_leaf(i, DEFERRED)
+            placed[new] = True
+            self.plane_tree.place(alloc, cp)
+        active = alloc.active
+        return self.plane_tree.seal(lambda i: active[i * w : (i + 1) * w].tobytes())
+
+    def _superblock(self, slot: PlexSlot, cp: int, cp_id: uuid.UUID, now: int) -> Superblock:
+        return Superblock(
+            block_size=self.block_size, volume_uuid=self.volume_uuid, plex_uuid=slot.plex_uuid,
+            plex_ordinal=slot.ordinal, nblocks=self.nblocks, cp=cp, cp_id=cp_id,
+            prev_cp_id=self.cp_id, timestamp_ns=now, next_ino=self.objects.next_ino,
+            min_plexes=self.min_plexes, objtab_root=ptr_bytes(self.objects.objtab.root),
+            plane_root=ptr_bytes(self.plane_tree.root),
+            snaptab_root=ptr_bytes(self.snap_tree.root),
+            objtab_height=self.objects.objtab.height, plane_height=self.plane_tree.height,
+            snaptab_height=self.snap_tree.height, n_snapshots=len(self.snapshots),
+            members=self.membership(cp),
+        )
+
+    def membership(self, cp: int) -> tuple[Member, ...]:
+        """Members as the new CP records them: writable plexes completed ``cp``."""
+        out = []
+        for s in self.mirror.slots:
+            prev = self.members.get(s.plex_uuid)
+            if s.writable:
+                out.append(Member(s.plex_uuid, s.ordinal, s.state, cp))
+            else:
+                last = prev.last_cp if prev else 0
+                out.append(Member(s.plex_uuid, s.ordinal, s.state, last))
+        self.members = {m.plex_uuid: m for m in out}
+        return tuple(out)
+
+    # -- snapshots ----------------------------------------------------------
+
+    def find_snapshot(self, name: str) -> SnapshotRecord:
+        for r in self.snapshots:
+            if r.name == name:
+                return r
+        raise SnapshotError(name, "no such snapshot (see `mirrorfs snapshot list`)")
+
+    def create_snapshot(self, name: str, kind: SnapKind = SnapKind.USER,
+                        guid: uuid.UUID | None = None) -> SnapshotRecord:
+        """Pin the state of a new CP as a snapshot: O(1) in the data, a pointer copy."""
+        with self.lock:
+            self._writable()
+            check_snapshot_name(name)
+            if any(r.name == name for r in self.snapshots):
+                raise SnapshotError(name, "a snapshot of that name exists")
+            if len(self.snapshots) >= MAX_SNAPSHOTS:
+                raise SnapshotError(name, f"the volume holds {MAX_SNAPSHOTS} snapshots already")
+            self.commit(force=True)
+            rec = SnapshotRecord(
+                name=name, guid=guid or uuid.uuid4(), cp=self.cp,
+                ctime_ns=self.clock.time_ns(), kind=kind,
+                objtab_root=ptr_bytes(self.objects.objtab.root),
+                plane_root=ptr_bytes(self.plane_tree.root),
+                objtab_height=self.objects.objtab.height, plane_height=self.plane_tree.height,
+                next_ino=self.objects.next_ino)
+            self.snapshots.append(rec)
+            self.alloc.snap_union |= self.alloc.committed
+            self._snaptab_dirty = True
+            self.commit()
+            return rec
+
+    def delete_snapshot(self, name: str) -> None:
+        """Drop a snapshot; blocks no other plane holds become free once the CP commits."""
+        with self.lock:
+            self._writable()
+            rec = self.find_snapshot(name)
+            self.snapshots.remove(rec)
+            self._snaptab_dirty = True
+            self.commit()
+            self.alloc.snap_union = self._snap_union()
+            self.alloc.begin_cp()
+
+    def rollback(self, name: str) -> None:
+        """Make the active file system equal to a snapshot; every snapshot is kept."""
+        with self.lock:
+            self._writable()
+            rec = self.find_snapshot(name)
+            self.commit()
+            next_ino = max(self.objects.next_ino, rec.next_ino)
+            self.objects = ObjectTable(self.src, ptr_of(rec.objtab_root), rec.objtab_height,
+                                       next_ino)
+            active = np.zeros(self.plane_words, dtype=np.uint64)
+            planes.set_bits(active, self.reserved)
+            planes.set_bits(active, image_blocks(self.objects))
+            planes.set_bits(active, tree_blocks(self.snap_tree))
+            planes.set_bits(active, tree_blocks(self.plane_tree))
+            np.copyto(self.alloc.active, active)
+            self.alloc.begin_cp()
+            self.commit(force=True)
+
+    def view(self, rec: SnapshotRecord) -> ObjectView:
+        """A read-only view of the objects of a snapshot."""
+        return ObjectView(self.src, ptr_of(rec.objtab_root), rec.objtab_height, rec.next_ino,
+                          name=f"snapshot {rec.name}")
+
+    def active_blocks(self) -> np.ndarray:
+        """The blocks the active image reaches (for fsck): objects, tables, plane, rings."""
+        parts = [image_blocks(self.objects), tree_blocks(self.snap_tree),
+                 tree_blocks(self.plane_tree), self.reserved]
+        return np.concatenate(parts)
+
+
+def empty_superblock(block_size: int, nblocks: int, volume_uuid: uuid.UUID, cp_id: uuid.UUID,
+                     slot: PlexSlot, members: tuple[Member, ...], min_plexes: int,
+                     now_ns: int) -> Superblock:
+    """CP 0 of a new volume: empty trees; the file system's first CP adds the root."""
+    null = ptr_bytes(null_ptrs(1))
+    return Superblock(
+        block_size=block_size, volume_uuid=volume_uuid, plex_uuid=slot.plex_uuid,
+        plex_ordinal=slot.ordinal, nblocks=nblocks, cp=0, cp_id=cp_id,
+        prev_cp_id=uuid.UUID(int=0), timestamp_ns=now_ns, next_ino=1, min_plexes=min_plexes,
+        objtab_root=null, plane_root=null, snaptab_root=null, objtab_height=0,
+        plane_height=0, snaptab_height=0, n_snapshots=0, members=members)
+

@@ -1,0 +1,371 @@
+"""Copy-on-write block trees: the shape of every object on disk.
+
+Owns one tree's root pointer, height, dirty leaves and the placement of a
+CP. Keeps: a committed block is never written again; a CP gives every dirty
+leaf and every node above it a new block, frees the blocks they replace,
+and only then computes checksums bottom-up, so the root pointer covers the
+exact bytes below it.
+
+Shape. A tree of height h has nodes at levels 1..h holding ``F = B / 32``
+block pointers each, and leaves at level 0. Leaf ``i`` hangs under node
+``i // F**(l-1)`` of level l. Height 0 means the root points at leaf 0
+directly. A null pointer is a hole: a leaf that reads as zeros, or a subtree
+of holes.
+
+A CP in two phases. ``place`` assigns blocks: it may run several times in
+one CP (the block-map plane must place the blocks that hold its own bits
+until nothing changes), and a node placed once keeps its block. ``seal``
+then fills checksums from the leaves up and returns the blocks to write.
+
+Concurrency. A tree is used under the store lock only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ..ondisk import PTR_DTYPE, PtrArray, null_ptrs
+from ..ondisk._ptr import checksums
+
+DEFERRED = bytes(1)  # a dirty leaf whose bytes are given at seal time (the plane), by identity
+_CLEAN = object()
+Leaf = bytes | bytearray | None
+I64 = npt.NDArray[np.int64]
+
+
+class BlockSource(Protocol):
+    """What a tree needs from below: verified block reads and a node cache."""
+
+    block_size: int
+
+    def read_nodes(self, ptrs: PtrArray, what: str) -> list[PtrArray]: ...
+
+    def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes]: ...
+
+    def cache_node(self, blk: int, node: PtrArray) -> None: ...
+
+
+class Space(Protocol):
+    def allocate(self, n: int) -> npt.NDArray[np.uint64]: ...
+
+    def free(self, blks: npt.NDArray[np.uint64]) -> None: ...
+
+
+class Tree:
+    """One object's block tree, with the dirty leaves of the CP being built."""
+
+    __slots__ = ("_base", "_cp_leaves", "_cp_nodes", "_cp_placed", "dirty", "fanout", "height", "leaf_delta",
+                 "root", "src", "what")
+
+    def __init__(self, src: BlockSource, root: PtrArray, height: int, what: str) -> None:
+        self.src = src
+        self.root = root.copy()
+        self.height = height
+        self.what = what
+        self.fanout = src.block_size // PTR_DTYPE.itemsize
+        self.dirty: dict[int, Leaf] = {}
+        self.leaf_delta = 0
+        self._cp_nodes: dict[tuple[int, int], PtrArray] = {}
+        self._cp_placed: set[tuple[int, int]] = set()
+        self._cp_leaves: dict[int, Leaf] = {}
+        self._base: tuple[PtrArray, int] | None = None  # committed root and height, during a CP
+
+    # -- reading ------------------------------------------------------------
+
+    def capacity(self, height: int | None = None) -> int:
+        """Leaves addressable at ``height``."""
+        return int(self.fanout ** (self.height if height is None else height))
+
+    def _node(self, ptr: PtrArray) -> PtrArray:
+        return self.src.read_nodes(ptr.reshape(1), self.what)[0]
+
+    def leaf_ptrs(self, a: int, b: int) -> PtrArray:
+        """Committed pointers of leaves [a, b) (null for holes), vectorized per node."""
+        out = null_ptrs(max(0, b - a))
+        b = min(b, self.capacity())
+        if a >= b or self.root["blk"][0] == 0:
+            return out
+        if self.height == 0:
+            out[0] = self.root[0]
+            return out
+        self._collect(self.root[0], self.height, 0, a, b, out, a)
+        return out
+
+    def _collect(self, ptr: np.void, level: int, first: int, a: int, b: int,
+                 out: PtrArray, base: int) -> None:
+        node = self._node(np.asarray(ptr).reshape(1))
+        span = self.fanout ** (level - 1)
+        lo, hi = max(a, first), min(b, first + span * self.fanout)
+        i0 = (lo - first) // span
+        i1 = (hi - 1 - first) // span + 1
+        if level == 1:
+            out[first + i0 - base : first + i1 - base] = node[i0:i1]
+            return
+        for i in (np.flatnonzero(node["blk"][i0:i1]) + i0).tolist():
+            self._collect(node[i], level - 1, first + i * span, a, b, out, base)
+
+    def nonnull_leaves(self, a: int, b: int) -> I64:
+        """Indices of committed non-hole leaves in [a, b), skipping hole subtrees."""
+        found: list[I64] = []
+        b = min(b, self.capacity())
+        if a >= b or self.root["blk"][0] == 0:
+            return np.zeros(0, dtype=np.int64)
+        if self.height == 0:
+            return np.zeros(1 if a == 0 else 0, dtype=np.int64)
+        self._walk_nonnull(self.root[0], self.height, 0, a, b, found)
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+    def _walk_nonnull(self, ptr: np.void, level: int, first: int, a: int, b: int,
+                      found: list[I64]) -> None:
+        node = self._node(np.asarray(ptr).reshape(1))
+        span = self.fanout ** (level - 1)
+        lo, hi = max(a, first), min(b, first + span * self.fanout)
+        i0 = (lo - first) // span
+        i1 = (hi - 1 - first) // span + 1
+        nz = np.flatnonzero(node["blk"][i0:i1]) + i0
+        if level == 1:
+            found.append((nz + first).astype(np.int64))
+            return
+        for i in nz.tolist():
+            self._walk_nonnull(node[i], level - 1, first + i * span, a, b, found)
+
+    def read_leaves(self, a: int, b: int) -> list[bytes | bytearray | None]:
+        """Leaves [a, b): dirty bytes first, then committed ones (None for holes)."""
+        ptrs = self.leaf_ptrs(a, b)
+        out: list[bytes | bytearray | None] = [None] * (b - a)
+        want = np.flatnonzero(ptrs["blk"])
+        if self.dirty:
+            want = np.array([i for i in want.tolist() if (a + i) not in self.dirty],
+                            dtype=np.int64)
+        if len(want):
+            for i, data in zip(want.tolist(), self.src.read_leaves(ptrs[want], self.what),
+                               strict=True):
+                out[i] = data
+        if self.dirty:
+            for i in range(b - a):
+                d = self.dirty.get(a + i, _CLEAN)
+                if d is not _CLEAN:
+                    out[i] = d  # type: ignore[assignment]
+        return out
+
+    def read_leaf(self, i: int) -> bytes | bytearray | None:
+        return self.read_leaves(i, i + 1)[0]
+
+    def walk_ptrs(self) -> Iterator[tuple[int, PtrArray]]:
+        """Every committed pointer by level (root level first): ``(level, ptrs)``.
+
+        Level 0 pointers are leaves. Used by fsck, scrub and reachability.
+        """
+        if self.root["blk"][0] == 0:
+            return
+        yield self.height, self.root
+        level_ptrs = self.root
+        for level in range(self.height, 0, -1):
+            nodes = self.src.read_nodes(level_ptrs, self.what)
+            if not nodes:
+                return
+            children = np.concatenate(nodes)
+            children = children[children["blk"] != 0]
+            yield level - 1, children
+            level_ptrs = children
+
+    # -- writing ------------------------------------------------------------
+
+    def write_leaf(self, i: int, data: Leaf) -> None:
+        """Make leaf ``i`` dirty with new bytes (a full block), or a hole (None)."""
+        self.dirty[i] = data
+
+    @property
+    def is_dirty(self) -> bool:
+        return bool(self.dirty)
+
+    def _old_node(self, level: int, index: int) -> PtrArray:
+        """The committed pointer to node (level, index), or a null pointer."""
+        root, height = self._base if self._base is not None else (self.root, self.height)
+        if level > height or index >= self.fanout ** (height - level):
+            return null_ptrs(1)
+        ptr = root
+        for lv in range(height, level, -1):
+            if ptr["blk"][0] == 0:
+                return null_ptrs(1)
+            node = self._node(ptr)
+            pos = (index // self.fanout ** (lv - 1 - level)) % self.fanout
+            ptr = node[pos : pos + 1]
+        return ptr
+
+    def _node_for_cp(self, level: int, index: int, space: Space) -> PtrArray:
+        key = (level, index)
+        node = self._cp_nodes.get(key)
+        if node is None:
+            old = self._old_node(level, index)
+            node = self._node(old).copy() if old["blk"][0] != 0 else null_ptrs(self.fanout)
+            if old["blk"][0] != 0:
+                space.free(old["blk"])
+            self._cp_nodes[key] = node
+        return node
+
+    def _grow(self, need_leaves: int) -> None:
+        while self.capacity() < need_leaves:
+            old_root = self.root.copy()
+            self.height += 1
+            node = null_ptrs(self.fanout)
+            node[0] = old_root[0]
+            if old_root["blk"][0] != 0 or (self.height - 1, 0) in self._cp_nodes:
+                self._cp_nodes[(self.height, 0)] = node
+                self._cp_placed.discard((self.height, 0))
+            self.root = null_ptrs(1)
+
+    def place(self, space: Space, cp: int) -> None:
+        """Give every dirty leaf, and every node above one, a block for CP ``cp``."""
+        if not self.dirty:
+            return
+        if self._base is None:
+            self._base = (self.root.copy(), self.height)
+        idx = np.array(sorted(self.dirty), dtype=np.int64)
+        leaves = [self.dirty[i] for i in idx.tolist()]
+        self.dirty = {}
+        self._grow(int(idx[-1]) + 1)
+        fresh = np.array([d is not None and (0, int(i)) not in self._cp_placed
+                          for i, d in zip(idx.tolist(), leaves, strict=True)], dtype=bool)
+        new_blks = space.allocate(int(fresh.sum()))
+        child = null_ptrs(len(idx))
+        has = np.array([d is not None for d in leaves], dtype=bool)
+        # leaves placed earlier in this CP keep their block
+        prev = self._placed_leaf_blocks(idx)
+        child["blk"][fresh] = new_blks
+        keep = has & ~fresh
+        child["blk"][keep] = prev[keep]
+        child["birth"][has] = cp
+        for i, d in zip(idx.tolist(), leaves, strict=True):
+            self._cp_leaves[i] = d
+            if d is not None:
+                self._cp_placed.add((0, i))
+            else:
+                self._cp_placed.discard((0, i))
+        self._propagate(idx, child, space, cp, leaf_level=True)
+
+    def _placed_leaf_blocks(self, idx: I64) -> npt.NDArray[np.uint64]:
+        out = np.zeros(len(idx), dtype=np.uint64)
+        if self.height == 0:
+            if len(idx) and (0, 0) in self._cp_placed:
+                out[0] = self.root["blk"][0]
+            return out
+        for j, i in enumerate(idx.tolist()):
+            if (0, i) in self._cp_placed:
+                node = self._cp_nodes.get((1, i // self.fanout))
+                if node is not None:
+                    out[j] = node["blk"][i % self.fanout]
+        return out
+
+    def _propagate(self, idx: I64, child: PtrArray, space: Space, cp: int,
+                   leaf_level: bool) -> None:
+        level = 1
+        while True:
+            if level > self.height:  # the changed children hang from the root itself
+                assert len(idx) == 1 and idx[0] == 0
+                old = self.root
+                if old["blk"][0] != 0 and old["blk"][0] != child["blk"][0]:
+                    if leaf_level and self.height == 0:
+                        self.leaf_delta -= 1
+                    space.free(old["blk"])
+                if leaf_level and self.height == 0 and child["blk"][0] != 0 and (
+                        old["blk"][0] == 0):
+                    self.leaf_delta += 1
+                self.root = child[:1].copy()
+                return
+            parents = idx // self.fanout
+            uniq, starts = np.unique(parents, return_index=True)
+            ends = np.append(starts[1:], len(idx))
+            new_child = null_ptrs(len(uniq))
+            fresh_keys: list[int] = []
+            for j, (p, s, e) in enumerate(zip(uniq.tolist(), starts.tolist(), ends.tolist(),
+                                              strict=True)):
+                node = self._node_for_cp(level, p, space)
+                pos = idx[s:e] % self.fanout
+                olds = node["blk"][pos]
+                news = child["blk"][s:e]
+                gone = olds[(olds != 0) & (olds != news)]
+                if len(gone):
+                    space.free(gone)
+                if leaf_level and level == 1:
+                    self.leaf_delta += int(np.count_nonzero(news)) - int(np.count_nonzero(olds))
+                node[pos] = child[s:e]
+                if not node["blk"].any():
+                    if (level, p) in self._cp_placed:
+                        space.free(np.array([self._placed_blk(level, p)], dtype=np.uint64))
+                        self._cp_placed.discard((level, p))
+                    continue
+                if (level, p) in self._cp_placed:
+                    new_child["blk"][j] = self._placed_blk(level, p)
+                else:
+                    fresh_keys.append(j)
+                new_child["birth"][j] = cp
+            if fresh_keys:
+                blks = space.allocate(len(fresh_keys))
+                for j, blk in zip(fresh_keys, blks.tolist(), strict=True):
+                    new_child["blk"][j] = blk
+                    self._cp_placed.add((level, int(uniq[j])))
+            idx, child = uniq.astype(np.int64), new_child
+            leaf_level = False
+            level += 1
+
+    def _placed_blk(self, level: int, index: int) -> int:
+        if level == self.height:
+            return int(self.root["blk"][0])
+        parent = self._cp_nodes[(level + 1, index // self.fanout)]
+        return int(parent["blk"][index % self.fanout])
+
+    def seal(self, content: Callable[[int], bytes] | None = None
+             ) -> tuple[list[int], list[bytes | bytearray]]:
+        """Fill checksums bottom-up; return (blocks, bytes) to write for this CP."""
+        out_blks: list[int] = []
+        out_data: list[bytes | bytearray] = []
+        if not self._cp_leaves and not self._cp_nodes:
+            self._base = None
+            return out_blks, out_data
+        idx = np.array(sorted(i for i, d in self._cp_leaves.items() if d is not None),
+                       dtype=np.int64)
+        datas: list[bytes | bytearray] = []
+        for i in idx.tolist():
+            d = self._cp_leaves[i]
+            assert d is not None
+            datas.append(content(i) if d is DEFERRED and content is not None else d)
+        cks = checksums(datas) if datas else np.zeros((0, 2), dtype=np.uint64)
+        self._fill(0, idx, cks, out_blks, out_data, datas)
+        for level in range(1, self.height + 1):
+            keys = sorted(p for (lv, p) in self._cp_nodes if lv == level)
+            live = [p for p in keys if self._cp_nodes[(level, p)]["blk"].any()]
+            nodes = [self._cp_nodes[(level, p)] for p in live]
+            raw = [n.tobytes() for n in nodes]
+            ncks = checksums(raw) if raw else np.zeros((0, 2), dtype=np.uint64)
+            self._fill(level, np.array(live, dtype=np.int64), ncks, out_blks, out_data, raw)
+            for p, n in zip(live, nodes, strict=True):
+                self.src.cache_node(self._placed_blk(level, p), n)
+        self._cp_nodes = {}
+        self._cp_placed = set()
+        self._cp_leaves = {}
+        self._base = None
+        return out_blks, out_data
+
+    def _fill(self, level: int, idx: I64, cks: npt.NDArray[np.uint64], out_blks: list[int],
+              out_data: list[bytes | bytearray], datas: list[bytes] | list[bytes | bytearray]
+              ) -> None:
+        """Put checksums of level-``level`` blocks into their parents and queue the writes."""
+        if len(idx) == 0:
+            return
+        if level == self.height:
+            assert len(idx) == 1
+            self.root["ck"][0] = cks[0]
+            out_blks.append(int(self.root["blk"][0]))
+            out_data.append(datas[0])
+            return
+        parents = idx // self.fanout
+        for j, (i, p) in enumerate(zip(idx.tolist(), parents.tolist(), strict=True)):
+            node = self._cp_nodes[(level + 1, p)]
+            node["ck"][i % self.fanout] = cks[j]
+            out_blks.append(int(node["blk"][i % self.fanout]))
+            out_data.append(datas[j])

@@ -1,0 +1,593 @@
+"""Volume: a mirrored copy-on-write file system opened from its plexes.
+
+Owns the volume file, the opening rules and the background CP timer. Keeps:
+a volume opens only from plexes of one volume, at the newest CP they hold,
+and every close commits a final CP.
+
+The volume file is a small TOML file written by mkfs::
+
+    [volume]
+    uuid = "..."
+    size = 1073741824
+    block_size = 4096
+    plexes = ["p0.img", "nbd://host/export"]
+
+Relative plex paths are relative to the volume file. The plex labels (the
+superblocks) stay authoritative: the file only says where to look.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import stat
+import threading
+import tomllib
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import tomli_w
+
+from .errors import FormatError, FsError, MirrorfsError, PlexError, UsageError
+from .fs import Attr, FileSystem, StatFs
+from .mirror import MirrorSet, PlexSlot
+from .ondisk import (
+    RING_BYTES,
+    SLOT_SIZE,
+    Member,
+    PlexState,
+    SnapKind,
+    SnapshotRecord,
+    Superblock,
+    Where,
+    check_block_size,
+    pick_slot,
+    slot_offsets,
+)
+from .plex import FilePlex, Plex, open_plex
+from .store import Clock, Store, SystemClock, empty_superblock
+
+CP_INTERVAL_S = 5.0  # most seconds of dirty data before the timer commits a CP
+MIN_VOLUME_BYTES = 16 << 20
+
+
+def parse_size(text: str) -> int:
+    """'1G', '512M', '4096' -> bytes (binary units)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40),
+                      ("P", 1 << 50)):
+        if t.endswith(suffix):
+            t, mult = t[:-1], m
+            break
+    try:
+        value = float(t)
+    except ValueError:
+        raise UsageError(f"cannot read size {text!r} (use e.g. 512M, 1G, 1T)") from None
+    if value <= 0:
+        raise UsageError(f"size {text!r} must be positive")
+    return int(value * mult)
+
+
+@dataclasses.dataclass
+class VolumeFile:
+    """Where a volume's plexes are: the TOML file mkfs writes."""
+
+    path: Path
+    uuid: uuid.UUID
+    size: int
+    block_size: int
+    plexes: list[str]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> VolumeFile:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+            vol = data["volume"]
+            return cls(p, uuid.UUID(vol["uuid"]), int(vol["size"]), int(vol["block_size"]),
+                       [str(x) for x in vol["plexes"]])
+        except FileNotFoundError:
+            raise UsageError(f"{p}: no such volume file (create one with `mirrorfs mkfs`)"
+                             ) from None
+        except (tomllib.TOMLDecodeError, KeyError, ValueError, TypeError) as e:
+            raise UsageError(f"{p}: not a mirrorfs volume file ({e})") from None
+        except OSError as e:
+            raise UsageError(f"{p}: {e.strerror}") from None
+
+    def save(self) -> None:
+        doc = {"volume": {"uuid": str(self.uuid), "size": self.size,
+                          "block_size": self.block_size, "plexes": self.plexes}}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(tomli_w.dumps(doc))
+        os.replace(tmp, self.path)
+
+    def resolve(self, spec: str) -> str:
+        """A plex spec as opened: relative paths are relative to the volume file."""
+        if "://" in spec or os.path.isabs(spec):
+            return spec
+        return str(self.path.parent / spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlexLabel:
+    """What examining one plex found: its live slot, or why it has none."""
+
+    spec: str
+    sb: Superblock | None
+    error: str | None = None
+
+
+def read_label(plex: Plex, size_hint: int | None = None) -> Superblock | None:
+    """The live superblock of a plex: the valid slot with the highest CP in either ring."""
+    where = Where(plex.spec)
+    slots: list[Superblock | None] = []
+    ring_a = plex.read(0, RING_BYTES)
+    for i in range(RING_BYTES // SLOT_SIZE):
+        slots.append(_decode_slot(ring_a[i * SLOT_SIZE : (i + 1) * SLOT_SIZE], where, i))
+    best = pick_slot(slots)
+    vol_bytes = best.nblocks * best.block_size if best else (size_hint or plex.size)
+    if vol_bytes <= plex.size and vol_bytes >= 2 * RING_BYTES:
+        offs = slot_offsets(vol_bytes)[len(slots):]
+        ring_b = plex.read(offs[0], RING_BYTES)
+        for i in range(RING_BYTES // SLOT_SIZE):
+            slots.append(_decode_slot(ring_b[i * SLOT_SIZE : (i + 1) * SLOT_SIZE], where,
+                                      offs[i] // SLOT_SIZE))
+    return pick_slot(slots)
+
+
+def _decode_slot(raw: bytes, where: Where, slot: int) -> Superblock | None:
+    try:
+        return Superblock.decode(raw, Where(where.plex, f"superblock slot {slot}"))
+    except FormatError:
+        return None
+
+
+def _label_error(plex: Plex) -> str:
+    """Why a plex has no valid slot: the error of its first slot, for the message."""
+    raw = plex.read(0, SLOT_SIZE)
+    if not any(raw):
+        return "no mirrorfs superblock (the plex is blank)"
+    try:
+        Superblock.decode(raw, Where(plex.spec, "superblock slot 0"))
+    except FormatError as e:
+        return str(e).split(": ", 2)[-1]
+    return "no valid superblock slot"
+
+
+class Volume:
+    """A mirrorfs volume: open it, use its file system, close it.
+
+    ``Volume.create`` formats plexes; ``Volume.open`` opens existing ones. A
+    background thread commits a CP every ``cp_interval`` seconds while data
+    is dirty; ``sync`` commits at once; ``close`` commits and releases.
+    """
+
+    def __init__(self, mirror: MirrorSet, store: Store, volume_file: VolumeFile | None,
+                 cp_interval: float | None = CP_INTERVAL_S) -> None:
+        self.mirror = mirror
+        self.store = store
+        self.fs = FileSystem(store)
+        self.volume_file = volume_file
+        self._closed = False
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        self.cp_interval = cp_interval
+        if cp_interval and not store.read_only:
+            self._timer = threading.Thread(target=self._cp_loop, name="cp-timer", daemon=True)
+            self._timer.start()
+
+    # -- creating and opening -----------------------------------------------
+
+    @classmethod
+    def create(cls, plexes: Sequence[str], size: int, *, block_size: int = 4096,
+               volume_file: str | os.PathLike[str] | None = None, min_plexes: int = 1,
+               force: bool = False, clock: Clock | None = None,
+               cp_interval: float | None = CP_INTERVAL_S) -> Volume:
+        """Format ``plexes`` as a new volume of ``size`` bytes and open it."""
+        check_block_size(block_size)
+        if not plexes:
+            raise UsageError("a volume needs at least one plex")
+        if len(set(plexes)) != len(plexes):
+            raise UsageError("the same plex is named twice")
+        size = size // block_size * block_size
+        if size < MIN_VOLUME_BYTES:
+            raise UsageError(f"a volume needs at least {MIN_VOLUME_BYTES >> 20} MiB")
+        clock = clock or SystemClock()
+        vf = None
+        if volume_file is not None:
+            vf = VolumeFile(Path(volume_file), uuid.uuid4(), size, block_size, list(plexes))
+        specs = [vf.resolve(p) if vf else p for p in plexes]
+        opened: list[Plex] = []
+        try:
+            for spec in specs:
+                plex = _create_plex(spec, size)
+                opened.append(plex)
+                if not force:
+                    _refuse_existing(plex)
+            vol_uuid = vf.uuid if vf else uuid.uuid4()
+            slots = [PlexSlot(p, uuid.uuid4(), i, PlexState.IN_SYNC)
+                     for i, p in enumerate(opened)]
+            members = tuple(Member(s.plex_uuid, s.ordinal, PlexState.IN_SYNC, 0) for s in slots)
+            nblocks = size // block_size
+            mirror = MirrorSet(slots, block_size, nblocks, min_plexes)
+            cp_id = uuid.uuid4()
+            now = clock.time_ns()
+            # Blank both rings first: a plex's old labels must not outlive the new one.
+            blank = bytes(RING_BYTES)
+            for s in slots:
+                s.plex.writev(0, [blank])
+                s.plex.writev(size - RING_BYTES, [blank])
+            mirror.write_superblocks(lambda s: empty_superblock(
+                block_size, nblocks, vol_uuid, cp_id, s, members, min_plexes, now))
+            store = Store(mirror, slots[0].sb or _never(), clock=clock)
+            FileSystem.format_root(store, uid=os.getuid(), gid=os.getgid())
+        except BaseException:
+            for p in opened:
+                p.close()
+            raise
+        if vf is not None:
+            vf.save()
+        return cls(mirror, store, vf, cp_interval)
+
+    @classmethod
+    def open(cls, target: str | os.PathLike[str] | Sequence[str], *, read_only: bool = False,
+             only: Sequence[str] | None = None, degraded: bool = False,
+             clock: Clock | None = None,
+             cp_interval: float | None = CP_INTERVAL_S) -> Volume:
+        """Open a volume from its volume file (or a list of plex specs)."""
+        if isinstance(target, (str, os.PathLike)):
+            vf: VolumeFile | None = VolumeFile.load(target)
+            specs = [vf.resolve(p) for p in vf.plexes]
+            hint: int | None = vf.size
+        else:
+            vf, specs, hint = None, list(target), None
+        if only:
+            chosen = [vf.resolve(p) if vf else p for p in only]
+            unknown = [c for c in chosen if c not in specs and vf is not None]
+            if unknown:
+                raise UsageError(f"{unknown[0]} is not a plex of this volume "
+                                 f"(its plexes: {', '.join(specs)})")
+            specs = chosen
+        plexes: list[Plex] = []
+        labels: list[tuple[Plex, Superblock]] = []
+        missing: list[tuple[str, str]] = []
+        try:
+            for spec in specs:
+                try:
+                    plex = open_plex(spec, read_only=read_only)
+                except PlexError as e:
+                    missing.append((spec, str(e)))
+                    continue
+                plexes.append(plex)
+                sb = read_label(plex, hint)
+                if sb is None:
+                    raise FormatError(f"plex {spec}", _label_error(plex) +
+                                      "; is this a mirrorfs plex?")
+                labels.append((plex, sb))
+            if not labels:
+                raise PlexError(missing[0][0] if missing else "?",
+                                missing[0][1] if missing else "no plexes to open")
+            vol_uuid = vf.uuid if vf else labels[0][1].volume_uuid
+            for plex, sb in labels:
+                if sb.volume_uuid != vol_uuid:
+                    from .errors import ForeignPlex
+
+                    raise ForeignPlex(plex.spec, sb.volume_uuid, vol_uuid)
+            if missing and not degraded:
+                spec, why = missing[0]
+                raise PlexError(spec, f"{why.split(': ', 1)[-1]}; the volume can open without "
+                                      "it only with --degraded")
+            mirror, best = _assemble(labels, read_only)
+            store = Store(mirror, best, read_only=read_only, clock=clock)
+        except BaseException:
+            for p in plexes:
+                p.close()
+            raise
+        return cls(mirror, store, vf, cp_interval)
+
+    # -- life cycle -----------------------------------------------------------
+
+    def _cp_loop(self) -> None:
+        interval = self.cp_interval or CP_INTERVAL_S
+        while not self._stop.wait(min(interval, 1.0)):
+            st = self.store
+            if st.dirty and st.clock.monotonic() - st.last_commit >= interval:
+                try:
+                    st.commit()
+                except MirrorfsError:
+                    pass  # the store is marked broken; callers see it on their next write
+
+    def sync(self) -> bool:
+        """Commit a CP now; returns False when nothing was dirty."""
+        return self.store.commit()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join()
+        try:
+            if not self.store.read_only and self.store.broken is None:
+                self.store.commit()
+        finally:
+            self.mirror.close()
+
+    def __enter__(self) -> Volume:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- path API ------------------------------------------------------------
+
+    def _ino(self, path: str, follow: bool = True) -> int:
+        return self.fs.resolve(path, follow)
+
+    def stat(self, path: str) -> Attr:
+        return self.fs.getattr(self._ino(path))
+
+    def lstat(self, path: str) -> Attr:
+        return self.fs.getattr(self._ino(path, follow=False))
+
+    def exists(self, path: str) -> bool:
+        try:
+            self._ino(path)
+            return True
+        except FsError:
+            return False
+
+    def is_dir(self, path: str) -> bool:
+        try:
+            return stat.S_ISDIR(self.stat(path).mode)
+        except FsError:
+            return False
+
+    def listdir(self, path: str = "/") -> list[str]:
+        return [n.decode(errors="surrogateescape") for n in self.fs.listdir(self._ino(path))]
+
+    def scandir(self, path: str = "/") -> Iterator[tuple[str, Attr]]:
+        ino = self._ino(path)
+        for name, child, _, _ in self.fs.readdir(ino):
+            if name in (b".", b".."):
+                continue
+            yield name.decode(errors="surrogateescape"), self.fs.getattr(child)
+
+    def mkdir(self, path: str, mode: int = 0o755, parents: bool = False,
+              exist_ok: bool = False) -> None:
+        if parents:
+            parts = [p for p in path.split("/") if p]
+            for i in range(1, len(parts) + 1):
+                self.mkdir("/" + "/".join(parts[:i]), mode, exist_ok=True)
+            return
+        parent, name = self.fs.resolve_parent(path)
+        try:
+            self.fs.mkdir(parent, name, mode, os.getuid(), os.getgid())
+        except FsError as e:
+            if not (exist_ok and e.errno == 17 and self.is_dir(path)):
+                raise FsError(e.errno, path) from None
+
+    def unlink(self, path: str) -> None:
+        parent, name = self.fs.resolve_parent(path)
+        self._path_op(path, self.fs.unlink, parent, name)
+
+    def rmdir(self, path: str) -> None:
+        parent, name = self.fs.resolve_parent(path)
+        self._path_op(path, self.fs.rmdir, parent, name)
+
+    def rename(self, src: str, dst: str, replace: bool = True) -> None:
+        sp, sn = self.fs.resolve_parent(src)
+        dp, dn = self.fs.resolve_parent(dst)
+        try:
+            self.fs.rename(sp, sn, dp, dn, noreplace=not replace)
+        except FsError as e:
+            raise FsError(e.errno, f"{src} -> {dst}", str(e).split(": ", 1)[-1]) from None
+
+    def symlink(self, target: str, path: str) -> None:
+        parent, name = self.fs.resolve_parent(path)
+        self._path_op(path, self.fs.symlink, parent, name, target.encode(), os.getuid(),
+                      os.getgid())
+
+    def readlink(self, path: str) -> str:
+        return self.fs.readlink(self._ino(path, follow=False)).decode(errors="surrogateescape")
+
+    def link(self, src: str, dst: str) -> None:
+        ino = self._ino(src, follow=False)
+        parent, name = self.fs.resolve_parent(dst)
+        self._path_op(dst, self.fs.link, ino, parent, name)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self.fs.setattr(self._ino(path), mode=mode)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self.fs.setattr(self._ino(path), uid=uid, gid=gid)
+
+    def utime(self, path: str, atime_ns: int, mtime_ns: int) -> None:
+        self.fs.setattr(self._ino(path), atime_ns=atime_ns, mtime_ns=mtime_ns)
+
+    def truncate(self, path: str, size: int) -> None:
+        self.fs.setattr(self._ino(path), size=size)
+
+    def statfs(self) -> StatFs:
+        return self.fs.statfs()
+
+    def _path_op(self, path: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except FsError as e:
+            raise FsError(e.errno, path, str(e).split(": ", 1)[-1]) from None
+
+    def open_file(self, path: str, mode: str = "rb", *, perm: int = 0o644) -> IO[Any]:
+        """A file object, like the built-in ``open`` (text modes wrap the binary one)."""
+        raw = MirrorFile(self, path, mode.replace("t", "").replace("b", ""), perm)
+        binary = "b" in mode
+        buffered: io.BufferedIOBase
+        if raw.readable() and raw.writable():
+            buffered = io.BufferedRandom(raw, 1 << 20)
+        elif raw.writable():
+            buffered = io.BufferedWriter(raw, 1 << 20)
+        else:
+            buffered = io.BufferedReader(raw, 1 << 20)
+        return buffered if binary else io.TextIOWrapper(buffered)
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.open_file(path, "rb") as f:
+            return f.read()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        with self.open_file(path, "wb") as f:
+            f.write(data)
+
+    # -- snapshots ------------------------------------------------------------
+
+    def snapshot(self, name: str, kind: SnapKind = SnapKind.USER) -> SnapshotRecord:
+        return self.store.create_snapshot(name, kind)
+
+    def snapshots(self) -> list[SnapshotRecord]:
+        return list(self.store.snapshots)
+
+    def delete_snapshot(self, name: str) -> None:
+        with self.store.lock:
+            self.store.delete_snapshot(name)
+
+    def rollback(self, name: str) -> None:
+        self.fs.rollback(name)
+
+
+class MirrorFile(io.RawIOBase):
+    """A file of a volume as a raw, seekable file object."""
+
+    def __init__(self, volume: Volume, path: str, mode: str, perm: int) -> None:
+        super().__init__()
+        fs = volume.fs
+        self._fs = fs
+        self.name = path
+        self.mode = mode
+        m = mode or "r"
+        self._read = "r" in m or "+" in m
+        self._write = any(c in m for c in "wax+")
+        self._append = "a" in m
+        if not set(m) <= set("rwax+") or sum(c in m for c in "rwax") != 1:
+            raise UsageError(f"invalid mode {mode!r}")
+        try:
+            if "r" in m:
+                ino = fs.resolve(path)
+            else:
+                parent, name = fs.resolve_parent(path)
+                try:
+                    ino = fs.lookup(parent, name)
+                    if "x" in m:
+                        raise FsError(17, path)
+                    ino = fs.resolve(path)
+                except FsError as e:
+                    if e.errno != 2:
+                        raise
+                    ino = fs.create(parent, name, perm, os.getuid(), os.getgid())
+        except FsError as e:
+            raise FsError(e.errno, path, str(e).split(": ", 1)[-1]) from None
+        attr = fs.getattr(ino)
+        if stat.S_ISDIR(attr.mode):
+            raise FsError(21, path)
+        self.ino = ino
+        if "w" in m and attr.size:
+            fs.setattr(ino, size=0)
+        self._pos = attr.size if self._append else 0
+        fs.opened(ino)
+
+    def readable(self) -> bool:
+        return self._read
+
+    def writable(self) -> bool:
+        return self._write
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if not self._read:
+            raise io.UnsupportedOperation("not open for reading")
+        mv = memoryview(b).cast("B")
+        data = self._fs.read(self.ino, self._pos, len(mv))
+        mv[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def write(self, b: Any) -> int:
+        if not self._write:
+            raise io.UnsupportedOperation("not open for writing")
+        if self._append:
+            self._pos = self._fs.getattr(self.ino).size
+        n = self._fs.write(self.ino, self._pos, b)
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            pos = offset
+        elif whence == 1:
+            pos = self._pos + offset
+        else:
+            pos = self._fs.getattr(self.ino).size + offset
+        if pos < 0:
+            raise OSError(22, "negative seek position")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        self._fs.setattr(self.ino, size=size)
+        return size
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a mirrorfs file has no OS descriptor")
+
+    def close(self) -> None:
+        if not self.closed:
+            self._fs.released(self.ino)
+        super().close()
+
+
+def _create_plex(spec: str, size: int) -> Plex:
+    if "://" in spec:
+        plex = open_plex(spec)
+        if plex.size < size:
+            plex.close()
+            raise PlexError(spec, f"holds {plex.size} bytes, the volume needs {size}")
+        return plex
+    return FilePlex.create(spec, size)
+
+
+def _refuse_existing(plex: Plex) -> None:
+    try:
+        sb = read_label(plex)
+    except MirrorfsError:
+        return
+    if sb is not None:
+        raise UsageError(f"{plex.spec} already holds a mirrorfs plex of volume "
+                         f"{sb.volume_uuid}; use --force to overwrite it")
+
+
+def _never() -> Superblock:
+    raise AssertionError("write_superblocks sets every slot's superblock")
+
+
+def _assemble(labels: list[tuple[Plex, Superblock]], read_only: bool = False
+              ) -> tuple[MirrorSet, Superblock]:
+    """Slots for the opened plexes: those at the newest CP are in sync, the rest stale."""
+    candidates = [sb for _, sb in labels if sb.resync is None] or [sb for _, sb in labels]
+    best = max(candidates, key=lambda sb: sb.cp)
+    slots = []
+    for plex, sb in labels:
+        same = sb.cp == best.cp and sb.cp_id == best.cp_id
+        state = PlexState.IN_SYNC if same else PlexState.STALE
+        slots.append(PlexSlot(plex, sb.plex_uuid, sb.plex_ordinal, state, sb))
+    mirror = MirrorSet(slots, best.block_size, best.nblocks, best.min_plexes, read_only)
+    return mirror, best
