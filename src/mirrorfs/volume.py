@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import tomli_w
 
-from .errors import FormatError, FsError, MirrorfsError, PlexError, UsageError
+from .errors import FormatError, ForeignPlex, FsError, MirrorfsError, PlexError, UsageError
 from .fs import Attr, FileSystem, StatFs
 from .mirror import MirrorSet, PlexSlot
 from .ondisk import (
@@ -187,7 +187,7 @@ class Volume:
                volume_file: str | os.PathLike[str] | None = None, min_plexes: int = 1,
                force: bool = False, clock: Clock | None = None,
                cp_interval: float | None = CP_INTERVAL_S) -> Volume:
-        """Format ``plexes`` as a new volume of ``size`` bytes and open it."""
+        """Format the plexes named by ``plexes`` as a new volume of ``size`` bytes and open it."""
         check_block_size(block_size)
         if not plexes:
             raise UsageError("a volume needs at least one plex")
@@ -196,42 +196,56 @@ class Volume:
         size = size // block_size * block_size
         if size < MIN_VOLUME_BYTES:
             raise UsageError(f"a volume needs at least {MIN_VOLUME_BYTES >> 20} MiB")
-        clock = clock or SystemClock()
         vf = None
         if volume_file is not None:
             vf = VolumeFile(Path(volume_file), uuid.uuid4(), size, block_size, list(plexes))
-        specs = [vf.resolve(p) if vf else p for p in plexes]
         opened: list[Plex] = []
         try:
-            for spec in specs:
-                plex = _create_plex(spec, size)
-                opened.append(plex)
-                if not force:
-                    _refuse_existing(plex)
-            vol_uuid = vf.uuid if vf else uuid.uuid4()
-            slots = [PlexSlot(p, uuid.uuid4(), i, PlexState.IN_SYNC)
-                     for i, p in enumerate(opened)]
-            members = tuple(Member(s.plex_uuid, s.ordinal, PlexState.IN_SYNC, 0) for s in slots)
-            nblocks = size // block_size
-            mirror = MirrorSet(slots, block_size, nblocks, min_plexes)
-            cp_id = uuid.uuid4()
-            now = clock.time_ns()
-            # Blank both rings first: a plex's old labels must not outlive the new one.
-            blank = bytes(RING_BYTES)
-            for s in slots:
-                s.plex.writev(0, [blank])
-                s.plex.writev(size - RING_BYTES, [blank])
-            mirror.write_superblocks(lambda s: empty_superblock(
-                block_size, nblocks, vol_uuid, cp_id, s, members, min_plexes, now))
-            store = Store(mirror, slots[0].sb or _never(), clock=clock)
-            FileSystem.format_root(store, uid=os.getuid(), gid=os.getgid())
+            for spec in plexes:
+                opened.append(_create_plex(vf.resolve(spec) if vf else spec, size))
+            vol = cls.format(opened, size, block_size=block_size, min_plexes=min_plexes,
+                             force=force, clock=clock, cp_interval=cp_interval,
+                             volume_uuid=vf.uuid if vf else None)
         except BaseException:
             for p in opened:
                 p.close()
             raise
         if vf is not None:
             vf.save()
-        return cls(mirror, store, vf, cp_interval)
+            vol.volume_file = vf
+        return vol
+
+    @classmethod
+    def format(cls, plexes: Sequence[Plex], size: int, *, block_size: int = 4096,
+               min_plexes: int = 1, force: bool = False, clock: Clock | None = None,
+               cp_interval: float | None = CP_INTERVAL_S,
+               volume_uuid: uuid.UUID | None = None) -> Volume:
+        """Write a new volume's labels on already opened plexes and open it."""
+        check_block_size(block_size)
+        size = size // block_size * block_size
+        clock = clock or SystemClock()
+        for plex in plexes:
+            if plex.size < size:
+                raise PlexError(plex.spec, f"holds {plex.size} bytes, the volume needs {size}")
+            if not force:
+                _refuse_existing(plex)
+        vol_uuid = volume_uuid or uuid.uuid4()
+        slots = [PlexSlot(p, uuid.uuid4(), i, PlexState.IN_SYNC) for i, p in enumerate(plexes)]
+        members = tuple(Member(s.plex_uuid, s.ordinal, PlexState.IN_SYNC, 0) for s in slots)
+        nblocks = size // block_size
+        mirror = MirrorSet(slots, block_size, nblocks, min_plexes)
+        cp_id = uuid.uuid4()
+        now = clock.time_ns()
+        # Blank both rings first: a plex's old labels must not outlive the new one.
+        blank = bytes(RING_BYTES)
+        for s in slots:
+            s.plex.writev(0, [blank])
+            s.plex.writev(size - RING_BYTES, [blank])
+        mirror.write_superblocks(lambda s: empty_superblock(
+            block_size, nblocks, vol_uuid, cp_id, s, members, min_plexes, now))
+        store = Store(mirror, slots[0].sb or _never(), clock=clock)
+        FileSystem.format_root(store, uid=os.getuid(), gid=os.getgid())
+        return cls(mirror, store, None, cp_interval)
 
     @classmethod
     def open(cls, target: str | os.PathLike[str] | Sequence[str], *, read_only: bool = False,
@@ -241,10 +255,10 @@ class Volume:
         """Open a volume from its volume file (or a list of plex specs)."""
         if isinstance(target, (str, os.PathLike)):
             vf: VolumeFile | None = VolumeFile.load(target)
+            assert vf is not None
             specs = [vf.resolve(p) for p in vf.plexes]
-            hint: int | None = vf.size
         else:
-            vf, specs, hint = None, list(target), None
+            vf, specs = None, list(target)
         if only:
             chosen = [vf.resolve(p) if vf else p for p in only]
             unknown = [c for c in chosen if c not in specs and vf is not None]
@@ -253,41 +267,50 @@ class Volume:
                                  f"(its plexes: {', '.join(specs)})")
             specs = chosen
         plexes: list[Plex] = []
-        labels: list[tuple[Plex, Superblock]] = []
         missing: list[tuple[str, str]] = []
+        for spec in specs:
+            try:
+                plexes.append(open_plex(spec, read_only=read_only))
+            except PlexError as e:
+                missing.append((spec, str(e)))
         try:
-            for spec in specs:
-                try:
-                    plex = open_plex(spec, read_only=read_only)
-                except PlexError as e:
-                    missing.append((spec, str(e)))
-                    continue
-                plexes.append(plex)
-                sb = read_label(plex, hint)
-                if sb is None:
-                    raise FormatError(f"plex {spec}", _label_error(plex) +
-                                      "; is this a mirrorfs plex?")
-                labels.append((plex, sb))
-            if not labels:
-                raise PlexError(missing[0][0] if missing else "?",
-                                missing[0][1] if missing else "no plexes to open")
-            vol_uuid = vf.uuid if vf else labels[0][1].volume_uuid
-            for plex, sb in labels:
-                if sb.volume_uuid != vol_uuid:
-                    from .errors import ForeignPlex
-
-                    raise ForeignPlex(plex.spec, sb.volume_uuid, vol_uuid)
-            if missing and not degraded:
-                spec, why = missing[0]
-                raise PlexError(spec, f"{why.split(': ', 1)[-1]}; the volume can open without "
-                                      "it only with --degraded")
-            mirror, best = _assemble(labels, read_only)
-            store = Store(mirror, best, read_only=read_only, clock=clock)
+            vol = cls.attach(plexes, read_only=read_only, degraded=degraded, clock=clock,
+                             cp_interval=cp_interval, volume_uuid=vf.uuid if vf else None,
+                             size_hint=vf.size if vf else None, missing=missing)
         except BaseException:
             for p in plexes:
                 p.close()
             raise
-        return cls(mirror, store, vf, cp_interval)
+        vol.volume_file = vf
+        return vol
+
+    @classmethod
+    def attach(cls, plexes: Sequence[Plex], *, read_only: bool = False, degraded: bool = False,
+               clock: Clock | None = None, cp_interval: float | None = CP_INTERVAL_S,
+               volume_uuid: uuid.UUID | None = None, size_hint: int | None = None,
+               missing: Sequence[tuple[str, str]] = ()) -> Volume:
+        """Open a volume on already opened plexes (the volume file's checks are the caller's)."""
+        labels: list[tuple[Plex, Superblock]] = []
+        for plex in plexes:
+            sb = read_label(plex, size_hint)
+            if sb is None:
+                raise FormatError(f"plex {plex.spec}", _label_error(plex) +
+                                  "; is this a mirrorfs plex?")
+            labels.append((plex, sb))
+        if not labels:
+            raise PlexError(missing[0][0] if missing else "?",
+                            missing[0][1] if missing else "no plexes to open")
+        vol_uuid = volume_uuid or labels[0][1].volume_uuid
+        for plex, sb in labels:
+            if sb.volume_uuid != vol_uuid:
+                raise ForeignPlex(plex.spec, sb.volume_uuid, vol_uuid)
+        if missing and not degraded:
+            spec, why = missing[0]
+            raise PlexError(spec, f"{why.split(': ', 1)[-1]}; the volume can open without "
+                                  "it only with --degraded")
+        mirror, best = _assemble(labels, read_only)
+        store = Store(mirror, best, read_only=read_only, clock=clock)
+        return cls(mirror, store, None, cp_interval)
 
     # -- life cycle -----------------------------------------------------------
 

@@ -1,0 +1,7 @@
+"""Helpers for tests of mirrorfs and of programs that use it (like ``trio.testing``)."""
+
+from ._clock import FakeClock as FakeClock
+from ._plexes import FaultyPlex as FaultyPlex
+from ._plexes import Op as Op
+from ._plexes import RecordingPlex as RecordingPlex
+from ._plexes import apply_ops as apply_ops

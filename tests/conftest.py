@@ -1,0 +1,52 @@
+"""Shared test fixtures.
+
+A test fails if mirrorfs logs a WARNING or worse that the test did not
+declare with ``expect_log`` (like s3ql's pytest_checklogs): a warning nobody
+expected is a bug nobody saw.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mirrorfs.volume import Volume
+
+
+class _Expected:
+    def __init__(self) -> None:
+        self.patterns: list[re.Pattern[str]] = []
+
+    def __call__(self, pattern: str) -> None:
+        """Declare that a warning or error matching ``pattern`` is expected."""
+        self.patterns.append(re.compile(pattern))
+
+
+@pytest.fixture(autouse=True)
+def expect_log(caplog: pytest.LogCaptureFixture) -> Iterator[_Expected]:
+    expected = _Expected()
+    caplog.set_level(logging.WARNING, logger="mirrorfs")
+    yield expected
+    unexpected = [
+        r for r in caplog.records
+        if r.name.startswith("mirrorfs") and r.levelno >= logging.WARNING
+        and not any(p.search(r.getMessage()) for p in expected.patterns)
+    ]
+    if unexpected:
+        lines = "\n".join(f"{r.levelname} {r.name}: {r.getMessage()}" for r in unexpected)
+        pytest.fail(f"unexpected log records:\n{lines}")
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Iterator[Volume]:
+    """A fresh one-plex volume of 256 MiB on an image file, no CP timer."""
+    vol = Volume.create([str(tmp_path / "p0.img")], 256 << 20,
+                        volume_file=tmp_path / "v.toml", cp_interval=None)
+    try:
+        yield vol
+    finally:
+        vol.close()

@@ -1,0 +1,185 @@
+"""FilePlex on real image files: round trips, sizes, and every failure as PlexError/PlexIOError."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mirrorfs.errors import PlexError, PlexIOError
+from mirrorfs.plex import Buffer, FilePlex, Plex, open_plex
+from mirrorfs.plex._file import IOV_MAX
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Iterator[FilePlex]:
+    plex = FilePlex.create(str(tmp_path / "a.img"), 4 * MiB)
+    yield plex
+    plex.close()
+
+
+def test_create_makes_an_image_of_the_size_asked_that_reads_as_zeros(tmp_path: Path) -> None:
+    path = tmp_path / "a.img"
+    plex = FilePlex.create(str(path), 3 * MiB + 4096)
+    try:
+        assert isinstance(plex, Plex)
+        assert plex.spec == str(path)
+        assert plex.size == 3 * MiB + 4096
+        assert path.stat().st_size == 3 * MiB + 4096
+        assert plex.read(0, 8192) == bytes(8192)
+        assert plex.read(plex.size - 4096, 4096) == bytes(4096)
+    finally:
+        plex.close()
+
+
+def test_create_truncates_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.img"
+    path.write_bytes(b"\xff" * 8192)
+    plex = FilePlex.create(str(path), MiB)
+    try:
+        assert plex.size == MiB
+        assert plex.read(0, 8192) == bytes(8192)
+    finally:
+        plex.close()
+
+
+def test_writev_of_mixed_buffers_reads_back_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "a.img"
+    plex = FilePlex.create(str(path), 4 * MiB)
+    bufs: list[Buffer] = [b"A" * 4096, bytearray(b"B" * 8192), memoryview(b"xxC" * 4096)[2:4098]]
+    plex.writev(MiB, bufs)
+    plex.writev(3, [b"head"])
+    expect = b"A" * 4096 + b"B" * 8192 + bytes(memoryview(b"xxC" * 4096)[2:4098])
+    assert plex.read(MiB, len(expect)) == expect
+    assert plex.read(0, 8) == b"\0\0\0head\0"
+    plex.flush()
+    plex.close()
+
+    raw = path.read_bytes()
+    assert raw[MiB : MiB + len(expect)] == expect
+    again = open_plex(str(path))
+    try:
+        assert isinstance(again, FilePlex)
+        assert again.size == 4 * MiB
+        assert again.read(MiB, len(expect)) == expect
+    finally:
+        again.close()
+
+
+def test_writev_of_more_buffers_than_iov_max(image: FilePlex) -> None:
+    bufs = [bytes([i % 251]) * 512 for i in range(IOV_MAX * 3 + 17)]
+    image.writev(4096, bufs)
+    assert image.read(4096, 512 * len(bufs)) == b"".join(bufs)
+
+
+def test_read_only_plex_refuses_writes_and_leaves_the_image_alone(tmp_path: Path) -> None:
+    path = tmp_path / "a.img"
+    FilePlex.create(str(path), MiB).close()
+    plex = FilePlex(str(path), read_only=True)
+    try:
+        with pytest.raises(PlexIOError, match="read-only"):
+            plex.writev(0, [b"x" * 4096])
+        plex.flush()  # nothing to make durable: no error
+        assert plex.read(0, 4096) == bytes(4096)
+    finally:
+        plex.close()
+    assert path.read_bytes() == bytes(MiB)
+
+
+@pytest.mark.parametrize(
+    ("what", "why"),
+    [("missing", "no such file"), ("directory", "is a directory"), ("chardev", "neither")],
+)
+def test_opening_what_is_not_a_plex_gives_plex_error(tmp_path: Path, what: str, why: str) -> None:
+    path = {
+        "missing": str(tmp_path / "nope.img"),
+        "directory": str(tmp_path),
+        "chardev": "/dev/null",
+    }[what]
+    with pytest.raises(PlexError, match=why) as info:
+        FilePlex(path)
+    assert path in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_read_past_the_end_gives_plex_io_error(image: FilePlex) -> None:
+    with pytest.raises(PlexIOError, match="past the end"):
+        image.read(image.size - 4096, 8192)
+
+
+def test_read_after_close_gives_plex_io_error(image: FilePlex) -> None:
+    image.close()
+    with pytest.raises(PlexIOError):
+        image.read(0, 4096)
+    image.close()  # closing twice is harmless
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="FilePlex.writev extends a regular file past plex.size instead of refusing the "
+    "write (NbdPlex refuses it with PlexIOError)",
+)
+def test_write_past_the_end_gives_plex_io_error(image: FilePlex) -> None:
+    with pytest.raises(PlexIOError):
+        image.writev(image.size - 4096, [bytes(8192)])
+
+
+@pytest.fixture
+def tiny_tmpfs() -> Iterator[Path]:
+    """A 1 MiB tmpfs, so that writes run into ENOSPC."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 1 MiB tmpfs to provoke ENOSPC needs root")
+    where = Path(tempfile.mkdtemp(prefix="mirrorfs-enospc-"))
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        where.rmdir()
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+        where.rmdir()
+
+
+def test_a_full_file_system_gives_plex_io_error(tiny_tmpfs: Path) -> None:
+    plex = FilePlex.create(str(tiny_tmpfs / "a.img"), 8 * MiB)  # sparse: fits
+    try:
+        with pytest.raises(PlexIOError, match=r"full|No space left") as info:
+            plex.writev(0, [b"\xaa" * MiB, b"\xbb" * MiB])
+        assert str(tiny_tmpfs / "a.img") in str(info.value)
+    finally:
+        plex.close()
+
+
+def test_a_file_size_limit_gives_plex_io_error(tmp_path: Path) -> None:
+    """EFBIG from RLIMIT_FSIZE, in a child so the limit cannot touch this process."""
+    script = f"""
+import resource, signal
+from mirrorfs.errors import PlexIOError
+from mirrorfs.plex import FilePlex
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+plex = FilePlex.create({str(tmp_path / "a.img")!r}, 8 * 1024 * 1024)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, resource.RLIM_INFINITY))
+plex.writev(0, [b"ok" * 1024])
+try:
+    plex.writev(2 * 1024 * 1024, [b"x" * 4096])
+except PlexIOError as e:
+    print("PlexIOError:", e)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("PlexIOError:"), done.stdout
+    assert "too large" in done.stdout
