@@ -121,11 +121,6 @@ def test_read_after_close_gives_plex_io_error(image: FilePlex) -> None:
     image.close()  # closing twice is harmless
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FilePlex.writev extends a regular file past plex.size instead of refusing the "
-    "write (NbdPlex refuses it with PlexIOError)",
-)
 def test_write_past_the_end_gives_plex_io_error(image: FilePlex) -> None:
     with pytest.raises(PlexIOError):
         image.writev(image.size - 4096, [bytes(8192)])

@@ -78,16 +78,22 @@ class FilePlex:
         try:
             data = os.pread(self._fd, length, offset)
         except OSError as e:
-            raise PlexIOError(self.spec, f"reading {length} bytes at {offset}: {e.strerror}") from None
+            raise PlexIOError(self.spec,
+                              f"reading {length} bytes at {offset}: {e.strerror}") from None
         if len(data) < length:
             if offset + length > self._size:
-                raise PlexIOError(self.spec, f"read past the end ({offset + length} > {self._size})")
+                raise PlexIOError(self.spec,
+                                  f"read past the end ({offset + length} > {self._size})")
             data += bytes(length - len(data))  # a sparse tail reads as zeros
         return data
 
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
         if self.read_only:
             raise PlexIOError(self.spec, "write to a plex opened read-only")
+        total = sum(len(b) for b in bufs)
+        if offset < 0 or offset + total > self._size:
+            raise PlexIOError(self.spec, f"write of {total} bytes at {offset} past the end "
+                                         f"({self._size} bytes)")
         pos = offset
         for i in range(0, len(bufs), IOV_MAX):
             chunk = list(bufs[i : i + IOV_MAX])

@@ -14,3 +14,6 @@ from ._store import empty_superblock as empty_superblock
 from ._store import plane_from_tree as plane_from_tree
 from ._store import reserved_blocks as reserved_blocks
 from ._tree import Tree as Tree
+from ._diff import Diff as Diff
+from ._store import load_snapshot_table as load_snapshot_table
+from ._source import MirrorSource as MirrorSource

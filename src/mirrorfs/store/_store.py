@@ -55,6 +55,7 @@ from ..ondisk import (
 from . import _planes as planes
 from ._alloc import Allocator
 from ._clock import Clock, SystemClock
+from ._diff import Diff, diff_images
 from ._objects import ObjectTable, ObjectView, ptr_of
 from ._reach import image_blocks, tree_blocks
 from ._source import MirrorSource
@@ -87,6 +88,21 @@ def plane_from_tree(tree: Tree, words: int) -> np.ndarray:
         for i, leaf in enumerate(tree.read_leaves(a, b)):
             if leaf is not None:
                 out[(a + i) * per : (a + i + 1) * per] = np.frombuffer(leaf, dtype="<u8")
+    return out
+
+
+def load_snapshot_table(tree: Tree, n: int) -> list[SnapshotRecord]:
+    """The ``n`` records of a snapshot table tree, in table order."""
+    per = tree.src.block_size // SNAP_SIZE
+    out: list[SnapshotRecord] = []
+    for leaf in tree.read_leaves(0, -(-n // per)):
+        if leaf is None:
+            continue
+        mv = memoryview(leaf)
+        for j in range(per):
+            if len(out) == n:
+                break
+            out.append(SnapshotRecord.decode(mv[j * SNAP_SIZE : (j + 1) * SNAP_SIZE]))
     return out
 
 
@@ -140,18 +156,7 @@ class Store:
     # -- loading ------------------------------------------------------------
 
     def _load_snapshots(self, n: int) -> list[SnapshotRecord]:
-        per = self.block_size // SNAP_SIZE
-        nleaves = -(-n // per)
-        out: list[SnapshotRecord] = []
-        for leaf in self.snap_tree.read_leaves(0, nleaves):
-            if leaf is None:
-                continue
-            mv = memoryview(leaf)
-            for j in range(per):
-                if len(out) == n:
-                    break
-                out.append(SnapshotRecord.decode(mv[j * SNAP_SIZE : (j + 1) * SNAP_SIZE]))
-        return out
+        return load_snapshot_table(self.snap_tree, n)
 
     def snapshot_plane(self, rec: SnapshotRecord) -> np.ndarray:
         tree = Tree(self.src, ptr_of(rec.plane_root), rec.plane_height,
@@ -360,6 +365,20 @@ class Store:
         """A read-only view of the objects of a snapshot."""
         return ObjectView(self.src, ptr_of(rec.objtab_root), rec.objtab_height, rec.next_ino,
                           name=f"snapshot {rec.name}")
+
+    def diff(self, old: str, new: str | None = None) -> Diff:
+        """Changed files and blocks from snapshot ``old`` to snapshot ``new`` (or the active)."""
+        with self.lock:
+            a = self.find_snapshot(old)
+            if new is None:
+                self.commit()
+                nview: ObjectView = self.objects
+                nplane = self.alloc.active.copy()
+            else:
+                b = self.find_snapshot(new)
+                nview, nplane = self.view(b), self.snapshot_plane(b)
+            return diff_images(self.view(a), nview, self.snapshot_plane(a), nplane, old,
+                               new or "active")
 
     def active_blocks(self) -> np.ndarray:
         """The blocks the active image reaches (for fsck): objects, tables, plane, rings."""
