@@ -7,9 +7,11 @@ Ranges (the README repeats them):
 
     0   success
     1   findings or a failed operation (fsck found damage, a plex failed, data
-        is unrecoverable)
+        is unrecoverable, the volume is full)
     2   bad usage or bad input (wrong argument, unreadable or foreign plex,
         corrupt superblock, a path that does not exist)
+    3   internal error: a bug in mirrorfs (a traceback is printed)
+    130 interrupted (Ctrl-C)
 
 `cli.py` prints ``str(error)`` on one line and exits with ``error.exit_code``.
 Errors whose ``traceback`` flag is set are also logged with their stack,
@@ -17,6 +19,8 @@ because they point at damage or a bug rather than at a user mistake.
 """
 
 from __future__ import annotations
+
+import errno as _errno
 
 
 class MirrorfsError(Exception):
@@ -101,6 +105,8 @@ class FsError(MirrorfsError):
     def __init__(self, err: int, path: str = "", detail: str = "") -> None:
         super().__init__(err, path, detail or _errno_text(err))
         self.errno = err
+        # a missing or misused path is bad input; no space or an I/O error is a failure
+        self.exit_code = 1 if err in (_errno.ENOSPC, _errno.EIO, _errno.EROFS) else 2
 
     def __str__(self) -> str:
         err, path, detail = self.args_

@@ -87,47 +87,49 @@ class _Walker:
         """Verify every block of ``tree``; False if something in it is bad."""
         if tree.root["blk"][0] == 0:
             return True
-        ok = self._verify(tree.root, path, tree.height, 0, tree)
+        idx = np.zeros(1, dtype=np.int64)  # index of each pointer within its level
+        ok = self._verify(tree.root, path, tree.height, idx, tree)
         level_ptrs = tree.root
         for level in range(tree.height, 0, -1):
-            good = level_ptrs
             try:
-                nodes = tree.src.read_nodes(good, tree.what)
-            except CorruptBlock:
+                nodes = tree.src.read_nodes(level_ptrs, tree.what)
+            except (CorruptBlock, FormatError):
                 return False
             children = np.concatenate(nodes)
             pos = np.flatnonzero(children["blk"])
+            fan = tree.fanout
+            idx = np.repeat(idx, fan)[pos] * fan + pos % fan
             children = children[pos]
-            if not self._verify(children, path, level - 1, 0, tree, pos):
+            if not self._verify(children, path, level - 1, idx, tree):
                 ok = False
             level_ptrs = children
         return ok
 
-    def _verify(self, ptrs: PtrArray, path: str, level: int, base: int, tree: Tree,
-                pos: np.ndarray | None = None) -> bool:
+    def _verify(self, ptrs: PtrArray, path: str, level: int, idx: np.ndarray,
+                tree: Tree) -> bool:
         blks = np.asarray(ptrs["blk"], dtype=np.uint64)
         self.reached.append(blks)
-        fresh = ~planes.test_bits(self.seen, blks)
-        todo = ptrs[fresh]
-        if len(todo) == 0:
+        fresh = np.flatnonzero(~planes.test_bits(self.seen, blks))
+        if len(fresh) == 0:
             return True
+        todo = ptrs[fresh]
         planes.set_bits(self.seen, np.asarray(todo["blk"], dtype=np.uint64))
         res = self.store.mirror.check(todo, repair=self.repair)
         self.report.blocks_checked += len(todo)
         self.report.repaired += res.repaired
         if self.progress:
             self.progress(len(todo))
-        bad = set(res.unrecoverable) if not self.repair else set(res.unrecoverable)
+        unrecoverable = set(res.unrecoverable)
         for spec, blk, i in res.bad:
-            if self.repair and i not in bad:
+            if self.repair and i not in unrecoverable:
                 continue
-            what = "data block" if level == 0 else f"tree node (level {level})"
-            offset = ""
-            if level == 0 and pos is not None and tree.height <= 1:
-                offset = f" at offset {int(pos[np.flatnonzero(fresh)[i]]) * tree.src.block_size}"
+            if level == 0:
+                what = f"data block at offset {int(idx[fresh[i]]) * tree.src.block_size}"
+            else:
+                what = f"tree node (level {level})"
             self.report.findings.append(Finding(
-                "checksums", self.image, f"checksum mismatch in {what}{offset}", path, blk, spec))
-        return not res.bad or (self.repair and not bad)
+                "checksums", self.image, f"checksum mismatch in {what}", path, blk, spec))
+        return not res.bad or (self.repair and not unrecoverable)
 
 
 def fsck(store: Store, repair: bool = False,
