@@ -109,7 +109,7 @@ class FsError(MirrorfsError):
         self.exit_code = 1 if err in (_errno.ENOSPC, _errno.EIO, _errno.EROFS) else 2
 
     def __str__(self) -> str:
-        err, path, detail = self.args_
+        _err, path, detail = self.args_
         return f"{path}: {detail}" if path else str(detail)
 
 

@@ -158,7 +158,7 @@ class MirrorSet:
                 exc = f.exception()
                 if exc is not None and not isinstance(exc, PlexIOError):
                     raise exc
-                results.append(exc)  # type: ignore[arg-type]
+                results.append(exc if isinstance(exc, Exception) else None)
         for s, err in zip(ws, results, strict=True):
             if err is not None:
                 self.fail(s, err)
@@ -324,15 +324,15 @@ class MirrorSet:
             for i in bad:
                 blk = int(sblks[i])
                 result.bad.append((slot.spec, blk, int(order[i])))
-                data = good.get(i) if repair else None
-                if data is None:
+                fix = good.get(i) if repair else None
+                if fix is None:
                     if all(i in bad_by_slot.get(x, ()) for x in range(len(readers))):
                         unrecoverable.add(i)
                     continue
                 if self.read_only or not slot.writable:
                     continue
                 try:
-                    slot.plex.writev(blk * bs, [data])
+                    slot.plex.writev(blk * bs, [fix])
                     slot.repaired += 1
                     result.repaired += 1
                 except PlexIOError as err:

@@ -18,6 +18,7 @@ superblocks) stay authoritative: the file only says where to look.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -31,7 +32,7 @@ from typing import IO, Any
 
 import tomli_w
 
-from .errors import FormatError, ForeignPlex, FsError, MirrorfsError, PlexError, UsageError
+from .errors import ForeignPlex, FormatError, FsError, MirrorfsError, PlexError, UsageError
 from .fs import Attr, FileSystem, StatFs
 from .mirror import MirrorSet, PlexSlot
 from .ondisk import (
@@ -319,10 +320,9 @@ class Volume:
         while not self._stop.wait(min(interval, 1.0)):
             st = self.store
             if st.dirty and st.clock.monotonic() - st.last_commit >= interval:
-                try:
+                # a failed commit marks the store broken; callers see it on their next write
+                with contextlib.suppress(MirrorfsError):
                     st.commit()
-                except MirrorfsError:
-                    pass  # the store is marked broken; callers see it on their next write
 
     def sync(self) -> bool:
         """Commit a CP now; returns False when nothing was dirty."""
@@ -460,7 +460,8 @@ class Volume:
 
     def read_bytes(self, path: str) -> bytes:
         with self.open_file(path, "rb") as f:
-            return f.read()
+            data: bytes = f.read()
+            return data
 
     def write_bytes(self, path: str, data: bytes) -> None:
         with self.open_file(path, "wb") as f:

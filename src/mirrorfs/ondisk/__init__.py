@@ -30,7 +30,7 @@ from ._ptr import ptr_equal as ptr_equal
 from ._ptr import ptr_words as ptr_words
 from ._ptr import ptrs_from_bytes as ptrs_from_bytes
 from ._ptr import verify as verify
-from ._snapshot import MAX_NAME as MAX_SNAPSHOT_NAME
+from ._snapshot import MAX_SNAPSHOT_NAME as MAX_SNAPSHOT_NAME
 from ._snapshot import MAX_SNAPSHOTS as MAX_SNAPSHOTS
 from ._snapshot import SNAP_SIZE as SNAP_SIZE
 from ._snapshot import SnapKind as SnapKind

@@ -73,7 +73,8 @@ def encode_bucket(entries: Iterable[Entry], block_size: int) -> bytes:
     return bytes(out)
 
 
-def decode_bucket(data: bytes | memoryview, where: Where | None = None) -> list[Entry]:
+def decode_bucket(data: bytes | bytearray | memoryview,
+                  where: Where | None = None) -> list[Entry]:
     count, used = _HDR.unpack_from(data)
     if used > len(data) - _HDR.size:
         raise fail(where, f"directory bucket claims {used} bytes, block has {len(data)}")

@@ -45,7 +45,8 @@ def checksums(blocks: Iterable[bytes | bytearray | memoryview]) -> npt.NDArray[n
     return np.frombuffer(joined, dtype="<u8").reshape(-1, 2)
 
 
-def checksums_of_run(buf: bytes | bytearray | memoryview, block_size: int) -> npt.NDArray[np.uint64]:
+def checksums_of_run(buf: bytes | bytearray | memoryview,
+                     block_size: int) -> npt.NDArray[np.uint64]:
     """Checksums of the consecutive blocks of one contiguous buffer."""
     mv = memoryview(buf)
     n = len(mv) // block_size
@@ -69,7 +70,8 @@ def ptr_words(ptrs: PtrArray) -> npt.NDArray[np.uint64]:
 
 def ptr_equal(a: PtrArray, b: PtrArray) -> npt.NDArray[np.bool_]:
     """Element-wise equality of two pointer arrays (block, birth and checksum)."""
-    return np.all(ptr_words(a) == ptr_words(b), axis=1)
+    out: npt.NDArray[np.bool_] = np.all(ptr_words(a) == ptr_words(b), axis=1)
+    return out
 
 
 def ck_of(ptr: np.void) -> bytes:
@@ -77,8 +79,10 @@ def ck_of(ptr: np.void) -> bytes:
     return bytes(np.asarray(ptr["ck"], dtype="<u8").tobytes())
 
 
-def verify(blocks: Sequence[bytes | bytearray | memoryview], ptrs: PtrArray) -> npt.NDArray[np.bool_]:
+def verify(blocks: Sequence[bytes | bytearray | memoryview],
+           ptrs: PtrArray) -> npt.NDArray[np.bool_]:
     """Which of ``blocks`` match the checksums of ``ptrs`` (same order)."""
     got = checksums(blocks)
     want = np.asarray(ptrs["ck"]).reshape(-1, 2)
-    return np.all(got == want, axis=1)
+    out: npt.NDArray[np.bool_] = np.all(got == want, axis=1)
+    return out

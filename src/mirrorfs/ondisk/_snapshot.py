@@ -36,6 +36,7 @@ from ._superblock import MAX_HEIGHT
 SNAP_SIZE = 256
 MAX_NAME = 128
 MAX_SNAPSHOTS = 1024
+MAX_SNAPSHOT_NAME = MAX_NAME
 _SNAP = struct.Struct("<16sQqBB6x32s32sBB6xQ128s8x")
 assert _SNAP.size == SNAP_SIZE
 

@@ -126,7 +126,7 @@ class ObjectTable(ObjectView):
         self._dirty_inodes.add(ino)
 
     def update(self, ino: int, **changes: int) -> Inode:
-        new = dataclasses.replace(self.inode(ino), **changes)
+        new = dataclasses.replace(self.inode(ino), **changes)  # type: ignore[arg-type]
         self.set_inode(ino, new)
         return new
 

@@ -38,7 +38,7 @@ def inodes(view: ObjectView) -> Iterator[tuple[int, Inode]]:
             mv = memoryview(leaf)
             for j in range(view.per_leaf):
                 rec = mv[j * INODE_SIZE : (j + 1) * INODE_SIZE]
-                if rec[:4] == b"\0\0\0\0":
+                if not any(rec[:4]):
                     continue
                 yield (a + i) * view.per_leaf + j, Inode.decode(rec)
 

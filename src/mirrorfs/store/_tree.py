@@ -58,8 +58,8 @@ class Space(Protocol):
 class Tree:
     """One object's block tree, with the dirty leaves of the CP being built."""
 
-    __slots__ = ("_base", "_cp_leaves", "_cp_nodes", "_cp_placed", "dirty", "fanout", "height", "leaf_delta",
-                 "root", "src", "what")
+    __slots__ = ("_base", "_cp_leaves", "_cp_nodes", "_cp_placed", "dirty", "fanout", "height",
+                 "leaf_delta", "root", "src", "what")
 
     def __init__(self, src: BlockSource, root: PtrArray, height: int, what: str) -> None:
         self.src = src
@@ -149,7 +149,7 @@ class Tree:
             for i in range(b - a):
                 d = self.dirty.get(a + i, _CLEAN)
                 if d is not _CLEAN:
-                    out[i] = d  # type: ignore[assignment]
+                    out[i] = d  # type: ignore[call-overload]
         return out
 
     def read_leaf(self, i: int) -> bytes | bytearray | None:
