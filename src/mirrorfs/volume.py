@@ -203,7 +203,10 @@ class Volume:
         opened: list[Plex] = []
         try:
             for spec in plexes:
-                opened.append(_create_plex(vf.resolve(spec) if vf else spec, size))
+                path = vf.resolve(spec) if vf else spec
+                if not force:
+                    _refuse_labelled(path)
+                opened.append(_create_plex(path, size))
             vol = cls.format(opened, size, block_size=block_size, min_plexes=min_plexes,
                              force=force, clock=clock, cp_interval=cp_interval,
                              volume_uuid=vf.uuid if vf else None)
@@ -587,6 +590,20 @@ def _create_plex(spec: str, size: int) -> Plex:
             raise PlexError(spec, f"holds {plex.size} bytes, the volume needs {size}")
         return plex
     return FilePlex.create(spec, size)
+
+
+def _refuse_labelled(spec: str) -> None:
+    """Refuse to format a plex that holds a mirrorfs label (before anything touches it)."""
+    if "://" not in spec and not os.path.exists(spec):
+        return
+    try:
+        plex = open_plex(spec, read_only=True)
+    except PlexError:
+        return
+    try:
+        _refuse_existing(plex)
+    finally:
+        plex.close()
 
 
 def _refuse_existing(plex: Plex) -> None:
