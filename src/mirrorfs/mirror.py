@@ -33,6 +33,7 @@ from .plex import Buffer, Plex
 log = logging.getLogger(__name__)
 
 MAX_RUN_BLOCKS = 1024  # longest run read or written in one call (4 MiB at 4 KiB blocks)
+CHECK_BATCH = 4096  # blocks verified at once per plex by check() (16 MiB at 4 KiB blocks)
 
 
 @dataclasses.dataclass(eq=False)
@@ -284,61 +285,89 @@ class MirrorSet:
     def check(self, ptrs: PtrArray, repair: bool = False) -> CheckResult:
         """Verify blocks on every readable plex; optionally rewrite bad copies from a good one.
 
-        Unlike ``read_verified`` this reads every plex, so damage on a plex
-        that reads would never touch is found too (fsck and scrub).
+        Unlike ``read_verified`` this reads every plex (in parallel, in batches
+        of CHECK_BATCH blocks), so damage on a plex that reads would never
+        touch is found too (fsck and scrub).
         """
         result = CheckResult()
         if len(ptrs) == 0:
             return result
         blks = np.asarray(ptrs["blk"], dtype=np.uint64)
         order = np.argsort(blks, kind="stable")
-        sblks = blks[order]
+        readers = self.readable()
+        result.checked = len(ptrs) * len(readers)
+        for b0 in range(0, len(order), CHECK_BATCH):
+            self._check_batch(ptrs, order[b0 : b0 + CHECK_BATCH], readers, repair, result)
+        return result
+
+    def _check_batch(self, ptrs: PtrArray, order: npt.NDArray[np.intp],
+                     readers: list[PlexSlot], repair: bool, result: CheckResult) -> None:
+        sblks = np.asarray(ptrs["blk"], dtype=np.uint64)[order]
         want = np.asarray(ptrs["ck"]).reshape(-1, 2)[order]
         bs = self.block_size
-        readers = self.readable()
-        good: dict[int, bytes] = {}
-        bad_by_slot: dict[int, list[int]] = {}
-        for k, slot in enumerate(readers):
-            for s, e in runs(sblks):
+        spans = runs(sblks)
+
+        def scan(slot: PlexSlot) -> tuple[list[memoryview | None], set[int]]:
+            """This plex's copy of the batch, and which of its blocks are bad."""
+            copy: list[memoryview | None] = [None] * len(sblks)
+            bad: set[int] = set()
+            for s, e in spans:
                 try:
-                    data = self.read_raw(slot, int(sblks[s]), e - s)
+                    data = memoryview(self.read_raw(slot, int(sblks[s]), e - s))
                 except PlexIOError as err:
                     self.fail(slot, err)
-                    bad_by_slot.setdefault(k, []).extend(range(s, e))
+                    bad.update(range(s, e))
                     continue
-                mv = memoryview(data)
-                blocks = [mv[i * bs : (i + 1) * bs] for i in range(e - s)]
+                blocks = [data[i * bs : (i + 1) * bs] for i in range(e - s)]
                 ok = np.all(checksums(blocks) == want[s:e], axis=1)
-                for j in np.flatnonzero(~ok).tolist():
-                    bad_by_slot.setdefault(k, []).append(s + j)
-                if repair:
-                    for j in np.flatnonzero(ok).tolist():
-                        if (s + j) not in good:
-                            good[s + j] = bytes(blocks[j])
-        result.checked = len(ptrs) * len(readers)
-        unrecoverable: set[int] = set()
-        for k, bad in bad_by_slot.items():
+                copy[s:e] = blocks
+                bad.update((np.flatnonzero(~ok) + s).tolist())
+            return copy, bad
+
+        one = len(readers) == 1
+        scans = [scan(readers[0])] if one else list(self._pool.map(scan, readers))
+        for k, (_, bad) in enumerate(scans):
             slot = readers[k]
             slot.errors += len(bad)
-            result.errors[slot.spec] = result.errors.get(slot.spec, 0) + len(bad)
-            for i in bad:
+            if bad:
+                result.errors[slot.spec] = result.errors.get(slot.spec, 0) + len(bad)
+            for i in sorted(bad):
                 blk = int(sblks[i])
                 result.bad.append((slot.spec, blk, int(order[i])))
-                fix = good.get(i) if repair else None
-                if fix is None:
-                    if all(i in bad_by_slot.get(x, ()) for x in range(len(readers))):
-                        unrecoverable.add(i)
+                donor = next((c[i] for c, b in scans if i not in b and c[i] is not None), None)
+                if donor is None:
+                    if int(order[i]) not in result.unrecoverable:
+                        result.unrecoverable.append(int(order[i]))
                     continue
-                if self.read_only or not slot.writable:
+                if not repair or self.read_only or not slot.writable:
                     continue
                 try:
-                    slot.plex.writev(blk * bs, [fix])
+                    slot.plex.writev(blk * bs, [donor])
                     slot.repaired += 1
                     result.repaired += 1
                 except PlexIOError as err:
                     self.fail(slot, err)
-        result.unrecoverable = sorted(int(order[i]) for i in unrecoverable)
-        return result
+
+    def add_slot(self, slot: PlexSlot) -> None:
+        """A new member (added plexes start stale: only a resync fills them)."""
+        self.slots.append(slot)
+        self._resize_pool()
+
+    def remove_slot(self, slot: PlexSlot) -> None:
+        self.slots.remove(slot)
+        self._resize_pool()
+
+    def _resize_pool(self) -> None:
+        old = self._pool
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.slots)),
+                                        thread_name_prefix="plex")
+        old.shutdown(wait=True)
+
+    def slot(self, spec: str) -> PlexSlot:
+        for s in self.slots:
+            if s.spec == spec:
+                return s
+        raise KeyError(spec)
 
     def statistics(self) -> MirrorStats:
         return MirrorStats(self._reads, self._read_bytes, self._writes, self._write_bytes,

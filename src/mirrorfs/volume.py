@@ -36,6 +36,7 @@ from .errors import ForeignPlex, FormatError, FsError, MirrorfsError, PlexError,
 from .fs import Attr, FileSystem, StatFs
 from .mirror import MirrorSet, PlexSlot
 from .ondisk import (
+    MAX_PLEXES,
     RING_BYTES,
     SLOT_SIZE,
     Member,
@@ -45,6 +46,7 @@ from .ondisk import (
     Superblock,
     Where,
     check_block_size,
+    cp_offsets,
     pick_slot,
     slot_offsets,
 )
@@ -124,6 +126,11 @@ class PlexLabel:
 
 def read_label(plex: Plex, size_hint: int | None = None) -> Superblock | None:
     """The live superblock of a plex: the valid slot with the highest CP in either ring."""
+    return pick_slot(read_slots(plex, size_hint))
+
+
+def read_slots(plex: Plex, size_hint: int | None = None) -> list[Superblock | None]:
+    """Every slot of both rings, decoded (None where a slot is not valid)."""
     where = Where(plex.spec)
     slots: list[Superblock | None] = []
     ring_a = plex.read(0, RING_BYTES)
@@ -137,7 +144,7 @@ def read_label(plex: Plex, size_hint: int | None = None) -> Superblock | None:
         for i in range(RING_BYTES // SLOT_SIZE):
             slots.append(_decode_slot(ring_b[i * SLOT_SIZE : (i + 1) * SLOT_SIZE], where,
                                       offs[i] // SLOT_SIZE))
-    return pick_slot(slots)
+    return slots
 
 
 def _decode_slot(raw: bytes, where: Where, slot: int) -> Superblock | None:
@@ -263,6 +270,7 @@ class Volume:
             specs = [vf.resolve(p) for p in vf.plexes]
         else:
             vf, specs = None, list(target)
+        partial = bool(only)
         if only:
             chosen = [vf.resolve(p) if vf else p for p in only]
             unknown = [c for c in chosen if c not in specs and vf is not None]
@@ -280,7 +288,8 @@ class Volume:
         try:
             vol = cls.attach(plexes, read_only=read_only, degraded=degraded, clock=clock,
                              cp_interval=cp_interval, volume_uuid=vf.uuid if vf else None,
-                             size_hint=vf.size if vf else None, missing=missing)
+                             size_hint=vf.size if vf else None, missing=missing,
+                             partial=partial)
         except BaseException:
             for p in plexes:
                 p.close()
@@ -292,29 +301,103 @@ class Volume:
     def attach(cls, plexes: Sequence[Plex], *, read_only: bool = False, degraded: bool = False,
                clock: Clock | None = None, cp_interval: float | None = CP_INTERVAL_S,
                volume_uuid: uuid.UUID | None = None, size_hint: int | None = None,
-               missing: Sequence[tuple[str, str]] = ()) -> Volume:
-        """Open a volume on already opened plexes (the volume file's checks are the caller's)."""
+               missing: Sequence[tuple[str, str]] = (), partial: bool = False) -> Volume:
+        """Open a volume on already opened plexes.
+
+        Opening rules (DESIGN.md; issue "Mirrored volumes"): a member that the
+        newest label records as in sync but that is not here (missing,
+        unreadable, or left out with ``partial``) makes the open refuse
+        unless ``degraded`` (or, for a chosen subset, ``read_only``): an
+        accidental partial open must not start a split. A writable degraded
+        open pins the current CP as a resync base for the absent plexes.
+        """
         labels: list[tuple[Plex, Superblock]] = []
+        unreadable: list[tuple[str, str]] = list(missing)
+        errors: list[MirrorfsError] = []
         for plex in plexes:
-            sb = read_label(plex, size_hint)
+            if plex.size < 2 * RING_BYTES:  # a read of its rings would fail as an I/O error
+                small = FormatError(f"plex {plex.spec}", f"holds {plex.size} bytes, too few "
+                                    f"for a mirrorfs plex; is this a mirrorfs plex?")
+                unreadable.append((plex.spec, str(small)))
+                errors.append(small)
+                continue
+            try:
+                sb = read_label(plex, size_hint)
+            except MirrorfsError as e:
+                unreadable.append((plex.spec, str(e)))
+                errors.append(e)
+                continue
             if sb is None:
-                raise FormatError(f"plex {plex.spec}", _label_error(plex) +
+                err = FormatError(f"plex {plex.spec}", _label_error(plex) +
                                   "; is this a mirrorfs plex?")
+                unreadable.append((plex.spec, str(err)))
+                errors.append(err)
+                continue
+            if plex.size < sb.nblocks * sb.block_size:  # ring B and blocks past the end: gone
+                cut = PlexError(plex.spec, f"holds {plex.size} bytes but its label says the "
+                                f"volume has {sb.nblocks * sb.block_size}; the image is truncated")
+                unreadable.append((plex.spec, str(cut)))
+                errors.append(cut)
+                continue
             labels.append((plex, sb))
         if not labels:
+            if errors:
+                raise errors[0]
             raise PlexError(missing[0][0] if missing else "?",
                             missing[0][1] if missing else "no plexes to open")
         vol_uuid = volume_uuid or labels[0][1].volume_uuid
         for plex, sb in labels:
             if sb.volume_uuid != vol_uuid:
                 raise ForeignPlex(plex.spec, sb.volume_uuid, vol_uuid)
-        if missing and not degraded:
-            spec, why = missing[0]
-            raise PlexError(spec, f"{why.split(': ', 1)[-1]}; the volume can open without "
-                                  "it only with --degraded")
         mirror, best = _assemble(labels, read_only)
+        here = {s.plex_uuid for s in mirror.slots}
+        absent = [m for m in best.members if m.state == PlexState.IN_SYNC
+                  and m.plex_uuid not in here]
+        if absent and unreadable and not degraded:
+            spec, why = unreadable[0]
+            raise PlexError(spec, f"{why.split(': ', 1)[-1]}; the volume opens without it "
+                                  "only with --degraded")
+        if absent and partial and not (degraded or read_only):
+            raise UsageError(f"{len(absent)} in-sync plex(es) left out; open with --read-only "
+                             "to inspect, or --degraded to run without them (they then need "
+                             "a resync)")
+        if absent and not unreadable and not partial and not degraded:
+            raise PlexError(f"plex #{absent[0].ordinal}", f"member {absent[0].plex_uuid} is in "
+                            "sync but was not given; open with --degraded to run without it")
         store = Store(mirror, best, read_only=read_only, clock=clock)
-        return cls(mirror, store, None, cp_interval)
+        vol = cls(mirror, store, None, cp_interval)
+        if not read_only:
+            try:
+                vol._pin_bases_at_open(absent, labels)
+            except BaseException:
+                vol.close()
+                raise
+        return vol
+
+    def _pin_bases_at_open(self, absent: Sequence[Member],
+                           labels: Sequence[tuple[Plex, Superblock]]) -> None:
+        """Pin what absent and stale plexes hold, so their resync copies only what they miss.
+
+        Absent in-sync members hold the current CP. A stale plex one CP behind
+        (a crash between two plexes' superblock writes) holds CP n-1, whose
+        roots the source's ring still has and whose blocks CP n has not yet
+        let anyone reuse.
+        """
+        store = self.store
+        if absent:
+            store.pin_current()
+        src = next(p for p, sb in labels if sb.cp == store.cp and sb.cp_id == store.cp_id)
+        for s in self.mirror.slots:
+            sb = s.sb
+            if sb is None or s.state != PlexState.STALE or sb.cp != store.cp - 1:
+                continue
+            if any(r.guid == sb.cp_id for r in store.snapshots):
+                continue
+            for old in read_slots(src):
+                if old is not None and old.cp == sb.cp and old.cp_id == sb.cp_id:
+                    store.pin_slot(old)
+                    break
+        store.commit()
 
     # -- life cycle -----------------------------------------------------------
 
@@ -470,6 +553,104 @@ class Volume:
         with self.open_file(path, "wb") as f:
             f.write(data)
 
+    # -- plexes ---------------------------------------------------------------
+
+    def _slot(self, spec: str) -> PlexSlot:
+        want = self.volume_file.resolve(spec) if self.volume_file else spec
+        for s in self.mirror.slots:
+            if s.spec in (spec, want) or os.path.abspath(s.spec) == os.path.abspath(want):
+                return s
+        raise UsageError(f"{spec} is not an open plex of this volume (see `mirrorfs status`)")
+
+    def _others_in_sync(self, slot: PlexSlot) -> list[PlexSlot]:
+        return [s for s in self.mirror.slots if s is not slot and s.state == PlexState.IN_SYNC]
+
+    def plex_offline(self, spec: str) -> PlexSlot:
+        """Take a plex out of the in-sync set on purpose; it keeps the CP it holds.
+
+        The current CP is pinned as a resync base first, so bringing the plex
+        back copies only what changed while it was away.
+        """
+        with self.store.lock:
+            slot = self._slot(spec)
+            if slot.state != PlexState.IN_SYNC:
+                raise UsageError(f"{slot.spec} is {slot.state.label}, not in sync")
+            if len(self._others_in_sync(slot)) < max(1, self.mirror.min_plexes):
+                raise UsageError(f"{slot.spec} is the last in-sync plex; it cannot go offline")
+            self.store.commit()
+            slot.state = PlexState.OFFLINE
+            self.store.pin_current()
+            self.store.commit(force=True)
+            return slot
+
+    def plex_online(self, spec: str) -> PlexSlot:
+        """Bring an offline plex back as stale: the next resync brings it in sync."""
+        with self.store.lock:
+            slot = self._slot(spec)
+            if slot.state not in (PlexState.OFFLINE, PlexState.FAILED):
+                raise UsageError(f"{slot.spec} is {slot.state.label}, not offline or failed")
+            slot.state = PlexState.STALE
+            self.store.commit(force=True)
+            return slot
+
+    def plex_add(self, spec: str) -> PlexSlot:
+        """Attach a new, empty plex as stale (a resync fills it) and list it in the volume file."""
+        with self.store.lock:
+            st = self.store
+            if any(s.spec == spec for s in self.mirror.slots):
+                raise UsageError(f"{spec} is already a plex of this volume")
+            path = self.volume_file.resolve(spec) if self.volume_file else spec
+            _refuse_labelled(path)
+            if len(st.members) >= MAX_PLEXES:
+                raise UsageError(f"a volume has at most {MAX_PLEXES} plexes")
+            size = st.nblocks * st.block_size
+            plex = _create_plex(path, size)
+            ordinal = max([m.ordinal for m in st.members.values()] + [-1]) + 1
+            slot = PlexSlot(plex, uuid.uuid4(), ordinal, PlexState.STALE)
+            blank = bytes(RING_BYTES)
+            plex.writev(0, [blank])
+            plex.writev(size - RING_BYTES, [blank])
+            label = empty_superblock(st.block_size, st.nblocks, st.volume_uuid, uuid.uuid4(),
+                                     slot, (Member(slot.plex_uuid, ordinal, PlexState.STALE,
+                                                   0),), st.min_plexes,
+                                     st.clock.time_ns())
+            for off in cp_offsets(size, 0):
+                plex.writev(off, [label.encode()])
+            plex.flush()
+            slot.sb = label
+            self.mirror.add_slot(slot)
+            st.commit(force=True)
+            if self.volume_file is not None:
+                self.volume_file.plexes.append(spec)
+                self.volume_file.save()
+            return slot
+
+    def plex_remove(self, spec: str) -> None:
+        """Detach a plex for good: out of the membership, the volume file, and its label wiped."""
+        with self.store.lock:
+            slot = self._slot(spec)
+            if slot.state == PlexState.IN_SYNC and not self._others_in_sync(slot):
+                raise UsageError(f"{slot.spec} is the last in-sync plex; it cannot be removed")
+            self.store.commit()
+            self.mirror.remove_slot(slot)
+            self.store.set_member(None, slot.plex_uuid)
+            self.store.commit(force=True)
+            try:
+                blank = bytes(RING_BYTES)
+                size = self.store.nblocks * self.store.block_size
+                slot.plex.writev(0, [blank])
+                slot.plex.writev(size - RING_BYTES, [blank])
+                slot.plex.flush()
+            except MirrorfsError:
+                pass  # a dead plex keeps its stale label; it is no member any more
+            finally:
+                slot.plex.close()
+            if self.volume_file is not None:
+                vf = self.volume_file
+                vf.plexes = [p for p in vf.plexes
+                             if vf.resolve(p) != slot.spec and p != spec]
+                vf.save()
+
     # -- snapshots ------------------------------------------------------------
 
     def snapshot(self, name: str, kind: SnapKind = SnapKind.USER) -> SnapshotRecord:
@@ -622,13 +803,24 @@ def _never() -> Superblock:
 
 def _assemble(labels: list[tuple[Plex, Superblock]], read_only: bool = False
               ) -> tuple[MirrorSet, Superblock]:
-    """Slots for the opened plexes: those at the newest CP are in sync, the rest stale."""
+    """Slots for the opened plexes: those at the newest CP are in sync.
+
+    The others take the state the newest label records for them (offline,
+    failed, ...), or stale when it records them in sync or not at all.
+    """
     candidates = [sb for _, sb in labels if sb.resync is None] or [sb for _, sb in labels]
     best = max(candidates, key=lambda sb: sb.cp)
     slots = []
     for plex, sb in labels:
-        same = sb.cp == best.cp and sb.cp_id == best.cp_id
-        state = PlexState.IN_SYNC if same else PlexState.STALE
+        if sb.cp == best.cp and sb.cp_id == best.cp_id:
+            state = PlexState.IN_SYNC
+        else:
+            m = best.member(sb.plex_uuid)
+            state = PlexState.STALE
+            if m is not None and m.state in (PlexState.OFFLINE, PlexState.FAILED):
+                state = m.state
+            if sb.resync is not None:
+                state = PlexState.RESYNCING
         slots.append(PlexSlot(plex, sb.plex_uuid, sb.plex_ordinal, state, sb))
     mirror = MirrorSet(slots, best.block_size, best.nblocks, best.min_plexes, read_only)
     return mirror, best

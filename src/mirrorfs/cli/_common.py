@@ -32,8 +32,8 @@ def add_volume_args(p: argparse.ArgumentParser, writes: bool) -> None:
                    help="open exactly these plexes (repeatable)")
     p.add_argument("--degraded", action="store_true",
                    help="open even when a listed plex is missing or unreadable")
-    if writes:
-        p.add_argument("--read-only", action="store_true", help="write nothing to any plex")
+    p.add_argument("--read-only", action="store_true",
+                   help="write nothing to any plex" + ("" if writes else " (always so here)"))
 
 
 def open_volume(args: argparse.Namespace, writes: bool) -> Volume:

@@ -9,3 +9,4 @@ from ._fs import StatFs as StatFs
 from ._fsck import Finding as Finding
 from ._fsck import FsckReport as FsckReport
 from ._fsck import fsck as fsck
+from ._fsck import scrub as scrub

@@ -58,6 +58,7 @@ class FsckReport:
     directories: int = 0
     snapshots: int = 0
     repaired: int = 0
+    errors_by_plex: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -67,7 +68,19 @@ class FsckReport:
         return {"clean": self.clean, "blocks_checked": self.blocks_checked,
                 "files": self.files, "directories": self.directories,
                 "snapshots": self.snapshots, "repaired": self.repaired,
+                "errors_by_plex": self.errors_by_plex,
                 "findings": [f.as_dict() for f in self.findings]}
+
+    def as_scrub_dict(self) -> dict[str, object]:
+        """The scrub view: what was checked, found per plex, repaired, and lost."""
+        lost = [f.as_dict() for f in self.findings if f.check == "checksums"]
+        return {"blocks_checked": self.blocks_checked, "errors": self.errors_by_plex,
+                "errors_total": sum(self.errors_by_plex.values()),
+                "repaired": self.repaired, "unrecoverable": lost,
+                "files": self.files, "directories": self.directories,
+                "snapshots": self.snapshots,
+                "other_findings": [f.as_dict() for f in self.findings
+                                   if f.check != "checksums"]}
 
 
 class _Walker:
@@ -117,6 +130,8 @@ class _Walker:
         res = self.store.mirror.check(todo, repair=self.repair)
         self.report.blocks_checked += len(todo)
         self.report.repaired += res.repaired
+        for spec, n in res.errors.items():
+            self.report.errors_by_plex[spec] = self.report.errors_by_plex.get(spec, 0) + n
         if self.progress:
             self.progress(len(todo))
         unrecoverable = set(res.unrecoverable)
@@ -165,6 +180,15 @@ def fsck(store: Store, repair: bool = False,
         report.findings.append(Finding("accounting", "active",
                                        f"free {st.free_blocks} + used {used} != {store.nblocks}"))
     return report
+
+
+def scrub(store: Store, progress: Callable[[int], None] | None = None) -> FsckReport:
+    """Verify every block of every image on every in-sync plex and repair bad copies.
+
+    The findings left are the blocks bad on every plex (with their paths).
+    """
+    with store.lock:
+        return fsck(store, repair=True, progress=progress)
 
 
 def _check_active_plane(store: Store, w: _Walker, report: FsckReport) -> None:

@@ -75,6 +75,8 @@ def encode_bucket(entries: Iterable[Entry], block_size: int) -> bytes:
 
 def decode_bucket(data: bytes | bytearray | memoryview,
                   where: Where | None = None) -> list[Entry]:
+    if len(data) < _HDR.size:
+        raise fail(where, f"directory bucket is {len(data)} bytes, shorter than its header")
     count, used = _HDR.unpack_from(data)
     if used > len(data) - _HDR.size:
         raise fail(where, f"directory bucket claims {used} bytes, block has {len(data)}")

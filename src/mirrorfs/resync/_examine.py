@@ -142,7 +142,9 @@ def examine_plexes(plexes: Sequence[Plex], volume_uuid: uuid.UUID | None = None,
         elif r.sb.cp == best.sb.cp and r.sb.cp_id == best.sb.cp_id:
             r.state = "in-sync"
         else:
-            r.state = "stale"
+            m = best.sb.member(r.sb.plex_uuid)
+            held = m is not None and m.state in (PlexState.OFFLINE, PlexState.FAILED)
+            r.state = m.state.label if held and m is not None else "stale"
     for i, a in enumerate(ours):
         for b in ours[i + 1 :]:
             if a.sb and b.sb and a.sb.resync is None and b.sb.resync is None and (

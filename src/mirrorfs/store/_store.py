@@ -46,6 +46,7 @@ from ..ondisk import (
     RING_BYTES,
     SNAP_SIZE,
     Member,
+    PlexState,
     SnapKind,
     SnapshotRecord,
     Superblock,
@@ -66,6 +67,19 @@ log = logging.getLogger(__name__)
 DIRTY_LIMIT_BYTES = 256 << 20  # most dirty data before a write forces a CP
 SPACE_MARGIN = 1.02  # metadata allowance per dirty leaf when checking free space
 SPACE_SLACK_BLOCKS = 256  # blocks kept back for the metadata of the last CP
+
+
+@dataclasses.dataclass(frozen=True)
+class CpState:
+    """The roots of one committed CP: what a resync-base snapshot of it records."""
+
+    cp: int
+    cp_id: uuid.UUID
+    objtab_root: bytes
+    objtab_height: int
+    plane_root: bytes
+    plane_height: int
+    next_ino: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +166,8 @@ class Store:
         self._snaptab_dirty = False
         self.last_commit = self.clock.monotonic()
         self.broken: Exception | None = None
+        self.committed = self._cp_state()
+        self._in_set = set(map(id, self.mirror.writable()))
 
     # -- loading ------------------------------------------------------------
 
@@ -225,7 +241,19 @@ class Store:
             self.last_commit = self.clock.monotonic()
             return True
 
+    def _cp_state(self) -> CpState:
+        return CpState(self.cp, self.cp_id, ptr_bytes(self.objects.objtab.root),
+                       self.objects.objtab.height, ptr_bytes(self.plane_tree.root),
+                       self.plane_tree.height, self.objects.next_ino)
+
     def _commit(self) -> None:
+        """One CP; plexes that fail in it leave the set and get resync bases pinned.
+
+        A plex that fails before its superblock write holds CP n; one that fails
+        during it may hold CP n+1 too. Both CPs are pinned as resync-base
+        snapshots (DESIGN.md, "Plex failure and resync bases"), in the next CP.
+        """
+        before = self._in_set  # plexes that read errors dropped since then left at CP n
         cp = self.cp + 1
         alloc = self.alloc
         blks, datas = self.objects.place_and_seal(alloc, cp)
@@ -238,12 +266,65 @@ class Store:
         datas += d
         self.mirror.write_blocks(np.array(blks, dtype=np.uint64), datas)
         self.mirror.flush()
+        before_sb = set(map(id, self.mirror.writable()))
         new_id = uuid.uuid4()
         now = self.clock.time_ns()
-        self.mirror.write_superblocks(lambda slot: self._superblock(slot, cp, new_id, now))
+        members = self.membership(cp)
+        self.mirror.write_superblocks(
+            lambda slot: self._superblock(slot, cp, new_id, now, members))
+        after = set(map(id, self.mirror.writable()))
+        departed = bool(before - after)
+        prev_state, prev_plane = self.committed, None
+        if departed:
+            prev_plane = alloc.committed.copy()
         self.prev_cp_id, self.cp_id, self.cp = self.cp_id, new_id, cp
         alloc.commit()
         self._snaptab_dirty = False
+        self.committed = self._cp_state()
+        self._in_set = after
+        if departed:
+            assert prev_plane is not None
+            self._pin_base(prev_state, prev_plane)
+            if before_sb - after:
+                self._pin_base(self.committed, alloc.committed.copy())
+            if self._snaptab_dirty:
+                self._commit()  # record the bases now, not whenever the next CP comes
+
+    def _pin_base(self, state: CpState, plane: np.ndarray) -> None:
+        """Keep CP ``state`` as a resync-base snapshot whose GUID is its CP id.
+
+        Its blocks join the snapshot union at once, before any allocation, so
+        nothing CP ``state`` holds can be reused; the record itself reaches the
+        plexes with the next CP.
+        """
+        if any(r.guid == state.cp_id for r in self.snapshots):
+            return
+        if len(self.snapshots) >= MAX_SNAPSHOTS:
+            log.warning("no room to pin CP %d as a resync base; a later resync copies more",
+                        state.cp)
+            return
+        name = f"resync-base-cp{state.cp}"
+        self.snapshots.append(SnapshotRecord(
+            name=name, guid=state.cp_id, cp=state.cp, ctime_ns=self.clock.time_ns(),
+            kind=SnapKind.RESYNC_BASE, objtab_root=state.objtab_root,
+            plane_root=state.plane_root, objtab_height=state.objtab_height,
+            plane_height=state.plane_height, next_ino=state.next_ino))
+        self.alloc.snap_union |= plane
+        self._snaptab_dirty = True
+        log.info("pinned CP %d as snapshot %s for the resync of departed plexes", state.cp, name)
+
+    def pin_slot(self, sb: Superblock) -> None:
+        """Pin an older CP of this plex's ring (only safe while nothing reused its blocks)."""
+        with self.lock:
+            tree = Tree(self.src, sb.root("plane"), sb.plane_height, f"plane of CP {sb.cp}")
+            plane = plane_from_tree(tree, self.plane_words)
+            self._pin_base(CpState(sb.cp, sb.cp_id, sb.objtab_root, sb.objtab_height,
+                                   sb.plane_root, sb.plane_height, sb.next_ino), plane)
+
+    def pin_current(self) -> None:
+        """Pin the last committed CP as a resync base (a plex leaves while it holds it)."""
+        with self.lock:
+            self._pin_base(self.committed, self.alloc.committed.copy())
 
     def _place_snaptab(self, cp: int) -> tuple[list[int], list[bytes | bytearray]]:
         per = self.block_size // SNAP_SIZE
@@ -274,7 +355,8 @@ class Store:
         active = alloc.active
         return self.plane_tree.seal(lambda i: active[i * w : (i + 1) * w].tobytes())
 
-    def _superblock(self, slot: PlexSlot, cp: int, cp_id: uuid.UUID, now: int) -> Superblock:
+    def _superblock(self, slot: PlexSlot, cp: int, cp_id: uuid.UUID, now: int,
+                    members: tuple[Member, ...]) -> Superblock:
         return Superblock(
             block_size=self.block_size, volume_uuid=self.volume_uuid, plex_uuid=slot.plex_uuid,
             plex_ordinal=slot.ordinal, nblocks=self.nblocks, cp=cp, cp_id=cp_id,
@@ -284,21 +366,41 @@ class Store:
             snaptab_root=ptr_bytes(self.snap_tree.root),
             objtab_height=self.objects.objtab.height, plane_height=self.plane_tree.height,
             snaptab_height=self.snap_tree.height, n_snapshots=len(self.snapshots),
-            members=self.membership(cp),
+            members=members,
         )
 
     def membership(self, cp: int) -> tuple[Member, ...]:
-        """Members as the new CP records them: writable plexes completed ``cp``."""
+        """Members as CP ``cp`` records them.
+
+        Writable plexes completed ``cp``; the others keep the last CP they
+        completed. A member that is not open at all (missing, or left out with
+        ``--plex``) stays listed: once in sync, now missing.
+        """
         out = []
+        opened = set()
         for s in self.mirror.slots:
+            opened.add(s.plex_uuid)
             prev = self.members.get(s.plex_uuid)
             if s.writable:
                 out.append(Member(s.plex_uuid, s.ordinal, s.state, cp))
             else:
                 last = prev.last_cp if prev else 0
                 out.append(Member(s.plex_uuid, s.ordinal, s.state, last))
+        for m in self.members.values():
+            if m.plex_uuid not in opened:
+                state = PlexState.MISSING if m.state == PlexState.IN_SYNC else m.state
+                out.append(Member(m.plex_uuid, m.ordinal, state, m.last_cp))
+        out.sort(key=lambda m: m.ordinal)
         self.members = {m.plex_uuid: m for m in out}
         return tuple(out)
+
+    def set_member(self, member: Member | None, plex_uuid: uuid.UUID) -> None:
+        """Record a member's new state (or drop it with None) in the next CP."""
+        with self.lock:
+            if member is None:
+                self.members.pop(plex_uuid, None)
+            else:
+                self.members[plex_uuid] = member
 
     # -- snapshots ----------------------------------------------------------
 

@@ -208,12 +208,18 @@ class Tree:
             self._cp_nodes[key] = node
         return node
 
-    def _grow(self, need_leaves: int) -> None:
+    def _grow(self, need_leaves: int, space: Space, cp: int) -> None:
         while self.capacity() < need_leaves:
             old_root = self.root.copy()
             self.height += 1
             node = null_ptrs(self.fanout)
             node[0] = old_root[0]
+            if old_root["blk"][0] == 0 and (self.height - 1, 0) in self._cp_nodes:
+                # growth by several levels: the node grown just below hangs only from
+                # here, and no dirty leaf need pass through it, so place it now
+                node["blk"][0] = space.allocate(1)[0]
+                node["birth"][0] = cp
+                self._cp_placed.add((self.height - 1, 0))
             if old_root["blk"][0] != 0 or (self.height - 1, 0) in self._cp_nodes:
                 self._cp_nodes[(self.height, 0)] = node
                 self._cp_placed.discard((self.height, 0))
@@ -228,7 +234,7 @@ class Tree:
         idx = np.array(sorted(self.dirty), dtype=np.int64)
         leaves = [self.dirty[i] for i in idx.tolist()]
         self.dirty = {}
-        self._grow(int(idx[-1]) + 1)
+        self._grow(int(idx[-1]) + 1, space, cp)
         fresh = np.array([d is not None and (0, int(i)) not in self._cp_placed
                           for i, d in zip(idx.tolist(), leaves, strict=True)], dtype=bool)
         new_blks = space.allocate(int(fresh.sum()))
@@ -268,13 +274,10 @@ class Tree:
             if level > self.height:  # the changed children hang from the root itself
                 assert len(idx) == 1 and idx[0] == 0
                 old = self.root
+                if leaf_level and self.height == 0:
+                    self.leaf_delta += int(child["blk"][0] != 0) - int(old["blk"][0] != 0)
                 if old["blk"][0] != 0 and old["blk"][0] != child["blk"][0]:
-                    if leaf_level and self.height == 0:
-                        self.leaf_delta -= 1
                     space.free(old["blk"])
-                if leaf_level and self.height == 0 and child["blk"][0] != 0 and (
-                        old["blk"][0] == 0):
-                    self.leaf_delta += 1
                 self.root = child[:1].copy()
                 return
             parents = idx // self.fanout
