@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import CorruptBlock, MirrorfsError, PlexIOError
-from .ondisk import PlexState, PtrArray, Superblock, checksums, cp_offsets
+from .ondisk import PlexState, PtrArray, ResyncRecord, Superblock, checksums, cp_offsets
 from .plex import Buffer, Plex
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class PlexSlot:
     sb: Superblock | None = None
     errors: int = 0
     repaired: int = 0
+    resync: ResyncRecord | None = None  # set while the plex is a resync target
 
     @property
     def spec(self) -> str:
@@ -129,6 +130,9 @@ class MirrorSet:
     def readable(self) -> list[PlexSlot]:
         return [s for s in self.slots if s.readable]
 
+    def in_sync(self) -> list[PlexSlot]:
+        return [s for s in self.slots if s.state == PlexState.IN_SYNC]
+
     def fail(self, slot: PlexSlot, err: Exception) -> None:
         """Take a plex out of the in-sync set after an I/O error."""
         if slot.state != PlexState.FAILED:
@@ -186,6 +190,9 @@ class MirrorSet:
         if n == 0:
             return out
         blks = np.asarray(ptrs["blk"], dtype=np.uint64)
+        if int(blks.max()) >= self.nblocks:  # a verified parent holding a bad pointer
+            raise CorruptBlock(what or "volume", int(blks.max()),
+                               f"pointer beyond the volume's {self.nblocks} blocks")
         order = np.argsort(blks, kind="stable")
         sblks = blks[order]
         readers = self.readable()

@@ -33,7 +33,7 @@ from typing import IO, Any
 import tomli_w
 
 from .errors import ForeignPlex, FormatError, FsError, MirrorfsError, PlexError, UsageError
-from .fs import Attr, FileSystem, StatFs
+from .fs import SNAP_BASE, Attr, FileSystem, StatFs
 from .mirror import MirrorSet, PlexSlot
 from .ondisk import (
     MAX_PLEXES,
@@ -261,8 +261,8 @@ class Volume:
     @classmethod
     def open(cls, target: str | os.PathLike[str] | Sequence[str], *, read_only: bool = False,
              only: Sequence[str] | None = None, degraded: bool = False,
-             clock: Clock | None = None,
-             cp_interval: float | None = CP_INTERVAL_S) -> Volume:
+             clock: Clock | None = None, cp_interval: float | None = CP_INTERVAL_S,
+             prefer: str | None = None) -> Volume:
         """Open a volume from its volume file (or a list of plex specs)."""
         if isinstance(target, (str, os.PathLike)):
             vf: VolumeFile | None = VolumeFile.load(target)
@@ -289,7 +289,8 @@ class Volume:
             vol = cls.attach(plexes, read_only=read_only, degraded=degraded, clock=clock,
                              cp_interval=cp_interval, volume_uuid=vf.uuid if vf else None,
                              size_hint=vf.size if vf else None, missing=missing,
-                             partial=partial)
+                             partial=partial,
+                             prefer=(vf.resolve(prefer) if vf and prefer else prefer))
         except BaseException:
             for p in plexes:
                 p.close()
@@ -301,7 +302,8 @@ class Volume:
     def attach(cls, plexes: Sequence[Plex], *, read_only: bool = False, degraded: bool = False,
                clock: Clock | None = None, cp_interval: float | None = CP_INTERVAL_S,
                volume_uuid: uuid.UUID | None = None, size_hint: int | None = None,
-               missing: Sequence[tuple[str, str]] = (), partial: bool = False) -> Volume:
+               missing: Sequence[tuple[str, str]] = (), partial: bool = False,
+               prefer: str | None = None) -> Volume:
         """Open a volume on already opened plexes.
 
         Opening rules (DESIGN.md; issue "Mirrored volumes"): a member that the
@@ -349,7 +351,7 @@ class Volume:
         for plex, sb in labels:
             if sb.volume_uuid != vol_uuid:
                 raise ForeignPlex(plex.spec, sb.volume_uuid, vol_uuid)
-        mirror, best = _assemble(labels, read_only)
+        mirror, best = _assemble(labels, read_only, prefer)
         here = {s.plex_uuid for s in mirror.slots}
         absent = [m for m in best.members if m.state == PlexState.IN_SYNC
                   and m.plex_uuid not in here]
@@ -651,6 +653,21 @@ class Volume:
                              if vf.resolve(p) != slot.spec and p != spec]
                 vf.save()
 
+    # -- resync ---------------------------------------------------------------
+
+    def resync(self, *, background: bool = False, **kwargs: Any) -> Any:
+        """Bring every stale plex in sync (see ``mirrorfs.resync.resync_volume``).
+
+        With ``background=True`` it runs in a thread while the volume keeps
+        taking writes, and returns a ``ResyncJob`` whose ``wait()`` gives the
+        report.
+        """
+        from .resync import ResyncJob, resync_volume
+
+        if background:
+            return ResyncJob(self, **kwargs)
+        return resync_volume(self, **kwargs)
+
     # -- snapshots ------------------------------------------------------------
 
     def snapshot(self, name: str, kind: SnapKind = SnapKind.USER) -> SnapshotRecord:
@@ -701,6 +718,8 @@ class MirrorFile(io.RawIOBase):
         attr = fs.getattr(ino)
         if stat.S_ISDIR(attr.mode):
             raise FsError(21, path)
+        if self._write and (ino >= SNAP_BASE or fs.store.read_only):
+            raise FsError(30, path)  # EROFS at open, as open(2) on a read-only file system
         self.ino = ino
         if "w" in m and attr.size:
             fs.setattr(ino, size=0)
@@ -801,18 +820,28 @@ def _never() -> Superblock:
     raise AssertionError("write_superblocks sets every slot's superblock")
 
 
-def _assemble(labels: list[tuple[Plex, Superblock]], read_only: bool = False
-              ) -> tuple[MirrorSet, Superblock]:
+def _assemble(labels: list[tuple[Plex, Superblock]], read_only: bool = False,
+              prefer: str | None = None) -> tuple[MirrorSet, Superblock]:
     """Slots for the opened plexes: those at the newest CP are in sync.
 
     The others take the state the newest label records for them (offline,
     failed, ...), or stale when it records them in sync or not at all.
     """
     candidates = [sb for _, sb in labels if sb.resync is None] or [sb for _, sb in labels]
+    if prefer is not None:
+        chosen = [sb for p, sb in labels if p.spec == prefer or (
+            os.path.abspath(p.spec) == os.path.abspath(prefer))]
+        if not chosen:
+            raise UsageError(f"--prefer {prefer}: not a plex of this volume that could be opened")
+        if chosen[0].resync is not None:
+            raise UsageError(f"--prefer {prefer}: that plex is an unfinished resync target")
+        candidates = chosen
     best = max(candidates, key=lambda sb: sb.cp)
     slots = []
     for plex, sb in labels:
-        if sb.cp == best.cp and sb.cp_id == best.cp_id:
+        if sb.resync is not None:
+            state = PlexState.RESYNCING  # its slots may share the CP id: never in sync
+        elif sb.cp == best.cp and sb.cp_id == best.cp_id:
             state = PlexState.IN_SYNC
         else:
             m = best.member(sb.plex_uuid)
@@ -821,6 +850,7 @@ def _assemble(labels: list[tuple[Plex, Superblock]], read_only: bool = False
                 state = m.state
             if sb.resync is not None:
                 state = PlexState.RESYNCING
-        slots.append(PlexSlot(plex, sb.plex_uuid, sb.plex_ordinal, state, sb))
+        slots.append(PlexSlot(plex, sb.plex_uuid, sb.plex_ordinal, state, sb,
+                              resync=sb.resync if state == PlexState.RESYNCING else None))
     mirror = MirrorSet(slots, best.block_size, best.nblocks, best.min_plexes, read_only)
     return mirror, best

@@ -121,6 +121,13 @@ class _Walker:
     def _verify(self, ptrs: PtrArray, path: str, level: int, idx: np.ndarray,
                 tree: Tree) -> bool:
         blks = np.asarray(ptrs["blk"], dtype=np.uint64)
+        beyond = blks >= self.store.nblocks  # only a lying parent (or label) holds these
+        if beyond.any():
+            self.report.findings.append(Finding(
+                "checksums", self.image, f"{int(beyond.sum())} pointers beyond the volume's "
+                f"{self.store.nblocks} blocks", path, int(blks[beyond][0])))
+            self._verify(ptrs[~beyond], path, level, idx[~beyond], tree)
+            return False
         self.reached.append(blks)
         fresh = np.flatnonzero(~planes.test_bits(self.seen, blks))
         if len(fresh) == 0:

@@ -32,10 +32,10 @@ import uuid
 
 from ._common import Where, fail
 from ._superblock import MAX_HEIGHT
+from ._superblock import MAX_SNAPSHOTS as MAX_SNAPSHOTS
 
 SNAP_SIZE = 256
 MAX_NAME = 128
-MAX_SNAPSHOTS = 1024
 MAX_SNAPSHOT_NAME = MAX_NAME
 _SNAP = struct.Struct("<16sQqBB6x32s32sBB6xQ128s8x")
 assert _SNAP.size == SNAP_SIZE

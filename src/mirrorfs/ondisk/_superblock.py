@@ -63,6 +63,7 @@ MAX_PLEXES = 16
 SB_BODY = 1008
 SB_SIZE = 1024
 MAX_HEIGHT = 12
+MAX_SNAPSHOTS = 1024  # most snapshot records a volume holds (the table is read at open)
 
 _HEAD = struct.Struct("<8sII16s16sIIQQ16s16sQQII32s32s32sBBBxI8x")
 _MEMBER = struct.Struct("<16sIB3xQ")
@@ -186,10 +187,14 @@ class Superblock:
         if checksum(data[:SB_BODY]) != data[SB_BODY:SB_SIZE]:
             raise fail(where, "superblock checksum mismatch (torn or corrupt slot)")
         check_block_size(block_size, where)
+        if nblocks * block_size <= 2 * RING_BYTES:
+            raise fail(where, f"volume of {nblocks} blocks leaves no room beside the rings")
         if n_members > MAX_PLEXES or n_members < 1:
             raise fail(where, f"member count {n_members} outside 1..{MAX_PLEXES}")
         if max(oh, ph, sh) > MAX_HEIGHT:
             raise fail(where, f"tree height above {MAX_HEIGHT}")
+        if n_snaps > MAX_SNAPSHOTS:
+            raise fail(where, f"snapshot count {n_snaps} above {MAX_SNAPSHOTS}")
         for name, raw in (("object table", objtab), ("plane", plane), ("snapshot table", snaptab)):
             blk = int.from_bytes(raw[:8], "little")
             if blk >= nblocks:

@@ -89,6 +89,13 @@ class Allocator:
             self._held_cache += n
         return out
 
+    def allocate_pinned(self, n: int) -> Blocks:
+        """``n`` free blocks that belong to a snapshot being built, not to the active image."""
+        out = self.allocate(n)
+        planes.clear_bits(self.active, out)
+        planes.set_bits(self.snap_union, out)
+        return out
+
     def free(self, blks: Blocks) -> None:
         """Drop blocks from the active plane; they become reusable after the CP commits."""
         if len(blks):

@@ -167,7 +167,7 @@ class Store:
         self.last_commit = self.clock.monotonic()
         self.broken: Exception | None = None
         self.committed = self._cp_state()
-        self._in_set = set(map(id, self.mirror.writable()))
+        self._in_set = set(map(id, self.mirror.in_sync()))
 
     # -- loading ------------------------------------------------------------
 
@@ -266,13 +266,13 @@ class Store:
         datas += d
         self.mirror.write_blocks(np.array(blks, dtype=np.uint64), datas)
         self.mirror.flush()
-        before_sb = set(map(id, self.mirror.writable()))
+        before_sb = set(map(id, self.mirror.in_sync()))
         new_id = uuid.uuid4()
         now = self.clock.time_ns()
         members = self.membership(cp)
         self.mirror.write_superblocks(
             lambda slot: self._superblock(slot, cp, new_id, now, members))
-        after = set(map(id, self.mirror.writable()))
+        after = set(map(id, self.mirror.in_sync()))
         departed = bool(before - after)
         prev_state, prev_plane = self.committed, None
         if departed:
@@ -367,6 +367,7 @@ class Store:
             objtab_height=self.objects.objtab.height, plane_height=self.plane_tree.height,
             snaptab_height=self.snap_tree.height, n_snapshots=len(self.snapshots),
             members=members,
+            resync=slot.resync if slot.state == PlexState.RESYNCING else None,
         )
 
     def membership(self, cp: int) -> tuple[Member, ...]:
@@ -381,7 +382,7 @@ class Store:
         for s in self.mirror.slots:
             opened.add(s.plex_uuid)
             prev = self.members.get(s.plex_uuid)
-            if s.writable:
+            if s.state == PlexState.IN_SYNC:
                 out.append(Member(s.plex_uuid, s.ordinal, s.state, cp))
             else:
                 last = prev.last_cp if prev else 0
@@ -403,6 +404,10 @@ class Store:
                 self.members[plex_uuid] = member
 
     # -- snapshots ----------------------------------------------------------
+
+    def mark_snapshots_dirty(self) -> None:
+        """The snapshot table changed in memory; the next CP writes it."""
+        self._snaptab_dirty = True
 
     def find_snapshot(self, name: str) -> SnapshotRecord:
         for r in self.snapshots:
