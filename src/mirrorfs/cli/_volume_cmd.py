@@ -6,8 +6,9 @@ import argparse
 import time
 from typing import Any
 
+from ..errors import MirrorfsError
 from ..fs import fsck, scrub
-from ..resync import examine
+from ..resync import examine, plan_target, target_slots
 from ..volume import Volume, VolumeFile, parse_size
 from ._common import add_volume_args, human, opened, print_json, progress
 
@@ -92,15 +93,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     doc["size"] = vf.size
     doc["block_size"] = vf.block_size
     space = None
-    if exam.up_to_date is not None and not exam.split_brain:
+    plans: list[dict[str, object]] = []
+    if exam.up_to_date is not None:
         try:
-            with opened(args, writes=False) as vol:
+            vol = Volume.open(args.volume, read_only=True, only=args.plex, degraded=True,
+                              cp_interval=None)
+        except MirrorfsError as e:
+            doc["open_error"] = str(e)  # status reports what it can when the volume won't open
+        else:
+            try:
                 st = vol.store.statistics()
                 space = {"total_bytes": st.total_blocks * vol.store.block_size,
                          "free_bytes": st.free_blocks * vol.store.block_size}
-        except Exception:  # status must report what it can even when the volume won't open
-            space = None
+                source = vol.mirror.in_sync()[0].spec
+                plans = [plan_target(vol.store, t, source).as_dict()
+                         for t in target_slots(vol.store)]
+            finally:
+                vol.close()
     doc["space"] = space
+    doc["plan"] = plans
     if args.json:
         print_json(doc)
         return 0
@@ -117,12 +128,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             continue
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sb.timestamp_ns / 1e9))
         print(f"\nplex {sb.plex_ordinal}: {rep.spec}")
-        print(f"  state {rep.state}, CP {sb.cp} ({sb.cp_id}) at {when}")
+        recorded = f" (recorded {rep.recorded})" if rep.recorded else ""
+        print(f"  state {rep.state}{recorded}, CP {sb.cp} ({sb.cp_id}) at {when}")
         print(f"  plex {sb.plex_uuid}")
         if rep.snapshots:
             print("  snapshots:")
             for r in rep.snapshots:
                 print(f"    {r.name:<24} CP {r.cp:<8} {r.kind.label:<12} {r.guid}")
+    for p in plans:
+        base = p["base"]
+        since = f"snapshot {base['name']} (CP {base['cp']})" if isinstance(base, dict) else (
+            "nothing in common: full copy")
+        print(f"\nresync plan for {p['target']} from {p['source']}: {p['blocks']} blocks "
+              f"({human(int(p['bytes']))}, {p['extents']} extents) since {since}")  # type: ignore[call-overload]
     return 0
 
 

@@ -35,6 +35,7 @@ class PlexReport:
     snapshots: list[SnapshotRecord] = dataclasses.field(default_factory=list)
     state: str = "missing"
     error: str | None = None
+    recorded: str | None = None  # what the up-to-date plex's membership says of this plex
 
     @property
     def cp(self) -> int:
@@ -50,6 +51,7 @@ class PlexReport:
             "cp": sb.cp if sb else None,
             "cp_id": str(sb.cp_id) if sb else None,
             "state": self.state,
+            "recorded_state": self.recorded,
             "resync": _resync_dict(sb),
             "members": [{"plex_uuid": str(m.plex_uuid), "state": m.state.label,
                          "last_cp": m.last_cp} for m in sb.members] if sb else [],
@@ -142,9 +144,10 @@ def examine_plexes(plexes: Sequence[Plex], volume_uuid: uuid.UUID | None = None,
         elif r.sb.cp == best.sb.cp and r.sb.cp_id == best.sb.cp_id:
             r.state = "in-sync"
         else:
+            r.state = "stale"
             m = best.sb.member(r.sb.plex_uuid)
-            held = m is not None and m.state in (PlexState.OFFLINE, PlexState.FAILED)
-            r.state = m.state.label if held and m is not None else "stale"
+            if m is not None:
+                r.recorded = m.state.label
     for i, a in enumerate(ours):
         for b in ours[i + 1 :]:
             if a.sb and b.sb and a.sb.resync is None and b.sb.resync is None and (

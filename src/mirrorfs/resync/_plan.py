@@ -171,10 +171,13 @@ def plan_target(store: Store, slot: PlexSlot, source: str) -> Plan:
 
 
 def target_slots(store: Store) -> list[PlexSlot]:
-    """Plexes a resync should bring in sync: present, not in sync, not taken offline."""
+    """Plexes a resync brings in sync: every present plex that is not in sync.
+
+    A plex taken offline on purpose is included: the resync is how it comes back.
+    """
     from ..ondisk import PlexState
 
-    return [s for s in store.mirror.slots
-            if s.state in (PlexState.STALE, PlexState.RESYNCING, PlexState.FAILED)]
+    return [s for s in store.mirror.slots if s.state in (
+        PlexState.STALE, PlexState.RESYNCING, PlexState.FAILED, PlexState.OFFLINE)]
 
 
