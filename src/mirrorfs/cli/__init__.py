@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Sequence
 
 from ..errors import MirrorfsError
-from . import _demo_cmd, _files_cmd, _plex_cmd, _resync_cmd, _snapshot_cmd, _volume_cmd
+from . import _demo_cmd, _files_cmd, _mount_cmd, _plex_cmd, _resync_cmd, _snapshot_cmd, _volume_cmd
 from ._common import CliError, Parser
 
 log = logging.getLogger("mirrorfs")
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _files_cmd.register(sub)
     _snapshot_cmd.register(sub)
     _plex_cmd.register(sub)
+    _mount_cmd.register(sub)
     _resync_cmd.register(sub)
     _demo_cmd.register(sub)
     return parser

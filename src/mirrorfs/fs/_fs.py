@@ -33,6 +33,7 @@ SNAP_SHIFT = 40
 LOCAL_MASK = (1 << SNAP_SHIFT) - 1
 RELATIME_NS = 24 * 3600 * 10**9
 BLOCK_UNITS = 512  # st_blocks counts 512-byte units
+MAX_FILE_SIZE = (1 << 63) - 1  # bytes; Linux's MAX_LFS_FILESIZE, and fits the inode's u64
 
 
 def dtype_of(mode: int) -> int:
@@ -427,6 +428,8 @@ class FileSystem:
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         with self.lock:
+            if offset < 0:
+                raise FsError(errno.EINVAL, "", "negative offset")
             ind = self._inode(ino)
             if stat.S_ISDIR(ind.mode):
                 raise FsError(errno.EISDIR, "")
@@ -445,6 +448,10 @@ class FileSystem:
             ind = self._inode(ino)
             if stat.S_ISDIR(ind.mode):
                 raise FsError(errno.EISDIR, "")
+            if offset < 0:
+                raise FsError(errno.EINVAL, "", "negative offset")
+            if offset + len(data) > MAX_FILE_SIZE:
+                raise FsError(errno.EFBIG, "")
             try:
                 n = self.store.write(ino, offset, data)
             except NoSpace:
@@ -459,6 +466,13 @@ class FileSystem:
         with self.lock:
             self._writable(ino)
             ind = self._inode(ino)
+            # refuse here what the inode cannot hold: a failed CP would make the volume read-only
+            for v in (uid, gid):
+                if v is not None and not -1 <= v <= 0xFFFFFFFF:
+                    raise FsError(errno.EINVAL, "", "owner out of range")
+            for t in (atime_ns, mtime_ns):
+                if t is not None and not -(1 << 63) <= t < 1 << 63:
+                    raise FsError(errno.EINVAL, "", "time out of range")
             now = self._now()
             changes: dict[str, int] = {"ctime_ns": now}
             if size is not None:
@@ -466,6 +480,8 @@ class FileSystem:
                     raise FsError(errno.EISDIR, "")
                 if size < 0:
                     raise FsError(errno.EINVAL, "", "negative size")
+                if size > MAX_FILE_SIZE:
+                    raise FsError(errno.EFBIG, "")
                 if size > ind.size:
                     try:
                         self.store.check_space(1)
@@ -528,7 +544,7 @@ class FileSystem:
             ino = ROOT_INO
             for i, part in enumerate(parts):
                 try:
-                    child = self.lookup(ino, part.encode())
+                    child = self.lookup(ino, part.encode(errors="surrogateescape"))
                 except FsError as e:
                     raise FsError(e.errno, path) from None
                 last = i == len(parts) - 1
