@@ -54,6 +54,12 @@ class PlexError(MirrorfsError):
     exit_code = 2
 
 
+class PlexBusy(MirrorfsError):
+    """plex {0} is in use by another mirrorfs process (a mounted volume? see `mount | grep mirrorfs`); unmount it, or use the mounted file system"""  # noqa: E501
+
+    exit_code = 2
+
+
 class PlexIOError(MirrorfsError):
     """plex {0}: I/O error {1}; the plex leaves the in-sync set, run `mirrorfs status`"""
 

@@ -39,6 +39,7 @@ from .ondisk import (
     MAX_PLEXES,
     RING_BYTES,
     SLOT_SIZE,
+    SUPPORTED_VERSIONS,
     Member,
     PlexState,
     SnapKind,
@@ -148,6 +149,16 @@ def read_slots(plex: Plex, size_hint: int | None = None) -> list[Superblock | No
 
 
 def _decode_slot(raw: bytes, where: Where, slot: int) -> Superblock | None:
+    """A valid slot, or None for a torn or blank one; a newer format is an error, not a skip.
+
+    Skipping a slot of a newer version would silently open an older CP.
+    """
+    if raw[:8] == b"MIRRFSSB":
+        version = int.from_bytes(raw[8:12], "little")
+        if version not in SUPPORTED_VERSIONS:
+            raise FormatError(f"plex {where.plex}, superblock slot {slot}",
+                              f"format version {version} is newer than this mirrorfs reads "
+                              f"({sorted(SUPPORTED_VERSIONS)}); upgrade mirrorfs")
     try:
         return Superblock.decode(raw, Where(where.plex, f"superblock slot {slot}"))
     except FormatError:
@@ -262,7 +273,7 @@ class Volume:
     def open(cls, target: str | os.PathLike[str] | Sequence[str], *, read_only: bool = False,
              only: Sequence[str] | None = None, degraded: bool = False,
              clock: Clock | None = None, cp_interval: float | None = CP_INTERVAL_S,
-             prefer: str | None = None) -> Volume:
+             prefer: str | None = None, split_ok: bool = False) -> Volume:
         """Open a volume from its volume file (or a list of plex specs)."""
         if isinstance(target, (str, os.PathLike)):
             vf: VolumeFile | None = VolumeFile.load(target)
@@ -272,7 +283,16 @@ class Volume:
             vf, specs = None, list(target)
         partial = bool(only)
         if only:
-            chosen = [vf.resolve(p) if vf else p for p in only]
+            by_path = {os.path.abspath(s) if "://" not in s else s: s for s in specs}
+            chosen = []
+            for name in only:
+                for cand in (name, vf.resolve(name) if vf else name):
+                    key = os.path.abspath(cand) if "://" not in cand else cand
+                    if key in by_path:
+                        chosen.append(by_path[key])
+                        break
+                else:
+                    chosen.append(vf.resolve(name) if vf else name)
             unknown = [c for c in chosen if c not in specs and vf is not None]
             if unknown:
                 raise UsageError(f"{unknown[0]} is not a plex of this volume "
@@ -280,17 +300,18 @@ class Volume:
             specs = chosen
         plexes: list[Plex] = []
         missing: list[tuple[str, str]] = []
-        for spec in specs:
-            try:
-                plexes.append(open_plex(spec, read_only=read_only))
-            except PlexError as e:
-                missing.append((spec, str(e)))
         try:
+            for spec in specs:
+                try:
+                    plexes.append(open_plex(spec, read_only=read_only))
+                except PlexError as e:
+                    missing.append((spec, str(e)))
             vol = cls.attach(plexes, read_only=read_only, degraded=degraded, clock=clock,
                              cp_interval=cp_interval, volume_uuid=vf.uuid if vf else None,
                              size_hint=vf.size if vf else None, missing=missing,
                              partial=partial,
-                             prefer=(vf.resolve(prefer) if vf and prefer else prefer))
+                             prefer=(vf.resolve(prefer) if vf and prefer else prefer),
+                             split_ok=split_ok)
         except BaseException:
             for p in plexes:
                 p.close()
@@ -303,7 +324,7 @@ class Volume:
                clock: Clock | None = None, cp_interval: float | None = CP_INTERVAL_S,
                volume_uuid: uuid.UUID | None = None, size_hint: int | None = None,
                missing: Sequence[tuple[str, str]] = (), partial: bool = False,
-               prefer: str | None = None) -> Volume:
+               prefer: str | None = None, split_ok: bool = False) -> Volume:
         """Open a volume on already opened plexes.
 
         Opening rules (DESIGN.md; issue "Mirrored volumes"): a member that the
@@ -351,6 +372,12 @@ class Volume:
         for plex, sb in labels:
             if sb.volume_uuid != vol_uuid:
                 raise ForeignPlex(plex.spec, sb.volume_uuid, vol_uuid)
+        if not read_only and not partial and prefer is None and not split_ok:
+            fork = _fork(labels)
+            if fork:
+                raise PlexError(f"{fork[0]} and {fork[1]}", "each went on alone (split brain); "
+                                "read-only commands still work; choose the survivor with "
+                                "`mirrorfs resync --prefer PLEX VOLUME`")
         mirror, best = _assemble(labels, read_only, prefer)
         here = {s.plex_uuid for s in mirror.slots}
         absent = [m for m in best.members if m.state == PlexState.IN_SYNC
@@ -820,6 +847,18 @@ def _never() -> Superblock:
     raise AssertionError("write_superblocks sets every slot's superblock")
 
 
+def _fork(labels: Sequence[tuple[Plex, Superblock]]) -> tuple[str, str] | None:
+    """Two plexes that each committed CPs the other does not know (a split brain)."""
+    from .resync._examine import advanced_alone
+
+    for i, (pa, a) in enumerate(labels):
+        for pb, b in labels[i + 1 :]:
+            if a.resync is None and b.resync is None and advanced_alone(a, b) and (
+                    advanced_alone(b, a)):
+                return pa.spec, pb.spec
+    return None
+
+
 def _assemble(labels: list[tuple[Plex, Superblock]], read_only: bool = False,
               prefer: str | None = None) -> tuple[MirrorSet, Superblock]:
     """Slots for the opened plexes: those at the newest CP are in sync.
@@ -827,7 +866,11 @@ def _assemble(labels: list[tuple[Plex, Superblock]], read_only: bool = False,
     The others take the state the newest label records for them (offline,
     failed, ...), or stale when it records them in sync or not at all.
     """
-    candidates = [sb for _, sb in labels if sb.resync is None] or [sb for _, sb in labels]
+    candidates = [sb for _, sb in labels if sb.resync is None]
+    if not candidates:
+        raise PlexError(", ".join(p.spec for p, _ in labels),
+                        "unfinished resync target(s) only: open the volume with the plex it "
+                        "resyncs from (`mirrorfs status` names it), then run `mirrorfs resync`")
     if prefer is not None:
         chosen = [sb for p, sb in labels if p.spec == prefer or (
             os.path.abspath(p.spec) == os.path.abspath(prefer))]

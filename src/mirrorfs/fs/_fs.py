@@ -174,13 +174,24 @@ class FileSystem:
     def getattr(self, ino: int) -> Attr:
         with self.lock:
             ind = self._inode(ino)
-            blocks = ind.blocks * (self.store.block_size // BLOCK_UNITS)
-            size = ind.size if not stat.S_ISDIR(ind.mode) else self.store.block_size
+            bs = self.store.block_size
+            used = ind.blocks
+            if ino < SNAP_BASE and stat.S_ISREG(ind.mode):
+                # ind.blocks counts committed leaves only; data written since the last CP
+                # must count too, or tar --sparse and du see a fresh file as one big hole
+                dirty = self.objects.tree(ino).dirty
+                if dirty:
+                    written = sum(1 for leaf in dirty.values() if leaf is not None)
+                    used = max(used, min(used + written, -(-ind.size // bs)))
+            blocks = used * (bs // BLOCK_UNITS)
+            size = ind.size if not stat.S_ISDIR(ind.mode) else bs
             return Attr(ino, ind.mode, ind.nlink, ind.uid, ind.gid, size, blocks, ind.atime_ns,
-                        ind.mtime_ns, ind.ctime_ns, ind.rdev, self.store.block_size)
+                        ind.mtime_ns, ind.ctime_ns, ind.rdev, bs)
 
     def lookup(self, parent: int, name: bytes) -> int:
         with self.lock:
+            if len(name) > MAX_NAME_LEN:  # as Linux file systems answer, not ENOENT
+                raise FsError(errno.ENAMETOOLONG, name[:40].decode(errors="replace") + "...")
             if parent == SNAPDIR_INO:
                 for rec in self.store.snapshots:
                     if rec.name.encode() == name:

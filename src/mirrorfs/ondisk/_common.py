@@ -28,8 +28,10 @@ class Where:
 
 
 def fail(where: Where | None, what: str) -> FormatError:
-    """A FormatError that names the plex and block."""
-    return FormatError(str(where or Where()), what)
+    """A FormatError that names the plex and block (or just the problem, for a bad value)."""
+    if where is None:
+        return FormatError("invalid value", what)
+    return FormatError(str(where), what)
 
 
 def check_block_size(block_size: int, where: Where | None = None) -> None:

@@ -108,9 +108,10 @@ class Member:
 class ResyncRecord:
     """Progress of a resync that targets this plex; a crash resumes from ``cursor``.
 
-    ``source`` copies to this plex the blocks of ``source_cp`` not in the base
-    snapshot ``base_guid``; ``cursor`` counts the changed-set blocks already
-    copied, in plan order.
+    ``source`` copies to this plex the blocks of ``target_cp`` not in the base
+    snapshot ``base_guid``; ``cursor`` is a block number: every changed block
+    below it is copied (the copy goes in block order). ``total`` is the plan's
+    block count.
     """
 
     source: uuid.UUID
@@ -254,8 +255,8 @@ def pick_slot(slots: Sequence[Superblock | None]) -> Superblock | None:
     """The live slot: the valid one with the highest CP value (ring A wins ties).
 
     Invalid slots are passed as None and never trusted. Slots of one CP in
-    both rings are identical by construction; if they disagree, ring A is the
-    one written first and was flushed before ring B was touched.
+    both rings are identical by construction (one CP writes both, then
+    flushes), so which of the two wins a tie does not matter.
     """
     best: Superblock | None = None
     for sb in slots:

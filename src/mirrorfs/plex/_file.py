@@ -8,11 +8,12 @@ the plex, so the mirror can drop the plex instead of crashing.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Sequence
 
-from ..errors import PlexError, PlexIOError
+from ..errors import PlexBusy, PlexError, PlexIOError
 from ._base import Buffer
 
 IOV_MAX = 1024  # most buffers per pwritev call (Linux's IOV_MAX)
@@ -35,6 +36,7 @@ class FilePlex:
             raise PlexError(path, "permission denied") from None
         except OSError as e:
             raise PlexError(path, e.strerror or str(e)) from None
+        self._lock(path)
         st = os.fstat(self._fd)
         if stat.S_ISBLK(st.st_mode):
             self._size = os.lseek(self._fd, 0, os.SEEK_END)
@@ -43,6 +45,20 @@ class FilePlex:
         else:
             os.close(self._fd)
             raise PlexError(path, "is neither a regular file nor a block device")
+
+    def _lock(self, path: str) -> None:
+        """Exclusive use: writers lock the plex exclusively, readers shared.
+
+        A mounted volume's daemon holds its plexes' locks, so no second
+        process opens them behind its back (issue "Mount it": exclusive use).
+        """
+        try:
+            fcntl.flock(self._fd, (fcntl.LOCK_SH if self.read_only else fcntl.LOCK_EX)
+                        | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = -1
+            raise PlexBusy(path) from None
 
     @classmethod
     def create(cls, path: str, size: int) -> FilePlex:
@@ -61,6 +77,11 @@ class FilePlex:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise PlexError(path, f"cannot create: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PlexBusy(path) from None
         try:
             os.ftruncate(fd, 0)
             os.ftruncate(fd, size)

@@ -8,9 +8,9 @@ exact bytes below it.
 
 Shape. A tree of height h has nodes at levels 1..h holding ``F = B / 32``
 block pointers each, and leaves at level 0. Leaf ``i`` hangs under node
-``i // F**(l-1)`` of level l. Height 0 means the root points at leaf 0
-directly. A null pointer is a hole: a leaf that reads as zeros, or a subtree
-of holes.
+``i // F**l`` of level l, at position ``(i // F**(l-1)) % F``. Height 0
+means the root points at leaf 0 directly. A null pointer is a hole: a leaf
+that reads as zeros, or a subtree of holes.
 
 A CP in two phases. ``place`` assigns blocks: it may run several times in
 one CP (the block-map plane must place the blocks that hold its own bits
