@@ -47,6 +47,7 @@ from .ondisk import (
     Superblock,
     Where,
     check_block_size,
+    checksum,
     cp_offsets,
     pick_slot,
     slot_offsets,
@@ -153,12 +154,13 @@ def _decode_slot(raw: bytes, where: Where, slot: int) -> Superblock | None:
 
     Skipping a slot of a newer version would silently open an older CP.
     """
-    if raw[:8] == b"MIRRFSSB":
-        version = int.from_bytes(raw[8:12], "little")
+    if raw[:8] == b"MIRRFSSB" and checksum(raw[:1008]) == raw[1008:1024]:
+        version = int.from_bytes(raw[8:12], "little")  # whole, not torn: trust the version
         if version not in SUPPORTED_VERSIONS:
+            newer = "; upgrade mirrorfs" if version > max(SUPPORTED_VERSIONS) else ""
             raise FormatError(f"plex {where.plex}, superblock slot {slot}",
-                              f"format version {version} is newer than this mirrorfs reads "
-                              f"({sorted(SUPPORTED_VERSIONS)}); upgrade mirrorfs")
+                              f"format version {version} is not supported (this mirrorfs "
+                              f"reads {sorted(SUPPORTED_VERSIONS)}){newer}")
     try:
         return Superblock.decode(raw, Where(where.plex, f"superblock slot {slot}"))
     except FormatError:

@@ -81,7 +81,7 @@ def superblocks(draw: st.DrawFn) -> Superblock:
         block_size=draw(st.sampled_from([4096, 8192, 16384, 65536])),
         volume_uuid=draw(uuids), plex_uuid=draw(uuids), plex_ordinal=draw(u32),
         nblocks=NBLOCKS, cp=draw(u64), cp_id=draw(uuids), prev_cp_id=draw(uuids),
-        timestamp_ns=draw(u64), next_ino=draw(u64), min_plexes=draw(u32),
+        timestamp_ns=draw(u64), next_ino=draw(st.integers(1, 1 << 40)), min_plexes=draw(u32),
         objtab_root=draw(ptrs), plane_root=draw(ptrs), snaptab_root=draw(ptrs),
         objtab_height=draw(heights), plane_height=draw(heights), snaptab_height=draw(heights),
         n_snapshots=draw(st.integers(0, MAX_SNAPSHOTS)),

@@ -252,8 +252,6 @@ def test_a_snapshot_count_out_of_bounds_is_refused_at_decode(made: Made, count: 
     assert f"snapshot count {count} above {MAX_SNAPSHOTS}" in str(err)
 
 
-@pytest.mark.xfail(strict=True, reason="Store._load_snapshots decodes records without a "
-                   "Where, so the error reads 'plex ?, block ?'")
 def test_a_label_counting_more_snapshots_than_its_table_holds_names_the_plex(
         made: Made) -> None:
     """A snapshot count within bounds but above the records in the table: open fails with a
@@ -265,9 +263,6 @@ def test_a_label_counting_more_snapshots_than_its_table_holds_names_the_plex(
     assert str(made.plex) in str(err)
 
 
-@pytest.mark.xfail(strict=True, reason="Superblock.decode does not bound next_ino; inode "
-                   "numbers from 2**62 on are taken for snapshot inodes, and a commit packing "
-                   "next_ino = 2**64 raises struct.error")
 def test_a_label_whose_inode_counter_is_past_the_inode_space_is_refused(made: Made) -> None:
     """next_ino = 2**64 - 1 with a valid checksum: the next file would get an inode number
     that names a snapshot inode, and the one after cannot be stored. Open must refuse it."""

@@ -33,7 +33,8 @@ def add_volume_args(p: argparse.ArgumentParser, writes: bool) -> None:
     p.add_argument("--degraded", action="store_true",
                    help="open even when a listed plex is missing or unreadable")
     p.add_argument("--read-only", action="store_true",
-                   help="write nothing to any plex" + ("" if writes else " (always so here)"))
+                   help="write nothing to any plex" + ("" if writes else " (always so here)")
+                   + ("; report, repair nothing" if p.prog.endswith("scrub") else ""))
 
 
 def open_volume(args: argparse.Namespace, writes: bool) -> Volume:

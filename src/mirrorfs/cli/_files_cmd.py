@@ -230,7 +230,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_mv(args: argparse.Namespace) -> int:
     with opened(args, writes=True) as vol:
         dest = args.dest
-        if vol.is_dir(dest) and not vol.is_dir(args.src):
+        if vol.is_dir(dest):  # like mv(1): into an existing directory
             dest = dest.rstrip("/") + "/" + args.src.rstrip("/").rsplit("/", 1)[-1]
         vol.rename(args.src, dest)
     return 0

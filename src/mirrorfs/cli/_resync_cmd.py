@@ -52,7 +52,8 @@ def cmd_resync(args: argparse.Namespace) -> int:
             return 1
     rate = parse_size(args.rate) if args.rate else None
     vol = Volume.open(args.volume, read_only=args.dry_run or args.read_only, only=args.plex,
-                      degraded=args.degraded, cp_interval=None, prefer=args.prefer)
+                      degraded=args.degraded, cp_interval=None, prefer=args.prefer,
+                      split_ok=True)
     try:
         targets = sum(p.blocks for p in _plans(vol))
         with progress("resync", targets) as tick:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -52,13 +53,17 @@ def register(sub: Any) -> None:
                                    "and rewrite bad copies from a good one. Exit 0 when "
                                    "everything is (now) good, 1 when some block is bad on "
                                    "every plex.")
-    add_volume_args(p, writes=False)
+    add_volume_args(p, writes=True)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_scrub)
 
 
 def cmd_mkfs(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
+    if os.path.exists(args.volume) and not args.force:
+        from ._common import CliError
+
+        raise CliError(f"{args.volume} exists; use --force to replace the volume file")
     if args.min_plexes < 1 or args.min_plexes > len(args.plexes):
         from ._common import CliError
 
@@ -112,9 +117,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 vol.close()
     doc["space"] = space
     doc["plan"] = plans
+    code = 1 if exam.split_brain else 0
     if args.json:
         print_json(doc)
-        return 0
+        return code
     print(f"volume {vf.uuid}  ({human(vf.size)}, {vf.block_size}-byte blocks)")
     if space:
         used = space["total_bytes"] - space["free_bytes"]
@@ -141,7 +147,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             "nothing in common: full copy")
         print(f"\nresync plan for {p['target']} from {p['source']}: {p['blocks']} blocks "
               f"({human(int(p['bytes']))}, {p['extents']} extents) since {since}")  # type: ignore[call-overload]
-    return 0
+    if exam.split_brain:
+        print("\nsplit brain: resync refuses until --prefer PLEX names the survivor")
+    return code
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:

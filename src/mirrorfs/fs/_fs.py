@@ -177,16 +177,30 @@ class FileSystem:
             bs = self.store.block_size
             used = ind.blocks
             if ino < SNAP_BASE and stat.S_ISREG(ind.mode):
-                # ind.blocks counts committed leaves only; data written since the last CP
-                # must count too, or tar --sparse and du see a fresh file as one big hole
-                dirty = self.objects.tree(ino).dirty
-                if dirty:
-                    written = sum(1 for leaf in dirty.values() if leaf is not None)
-                    used = max(used, min(used + written, -(-ind.size // bs)))
+                used += self._pending_blocks(ino)
             blocks = used * (bs // BLOCK_UNITS)
             size = ind.size if not stat.S_ISDIR(ind.mode) else bs
             return Attr(ino, ind.mode, ind.nlink, ind.uid, ind.gid, size, blocks, ind.atime_ns,
                         ind.mtime_ns, ind.ctime_ns, ind.rdev, bs)
+
+    def _pending_blocks(self, ino: int) -> int:
+        """Blocks the next CP adds to (or, if negative, drops from) a file's count.
+
+        ``Inode.blocks`` counts committed leaves only; data written since the
+        last CP must count at once, or ``tar --sparse`` and ``du`` take a file
+        just written for one big hole (tar then archives zeros).
+        """
+        tree = self.objects.tree(ino)
+        if not tree.dirty:
+            return 0
+        committed = set(tree.nonnull_leaves(min(tree.dirty), max(tree.dirty) + 1).tolist())
+        delta = 0
+        for i, leaf in tree.dirty.items():
+            if leaf is None:
+                delta -= i in committed
+            else:
+                delta += i not in committed
+        return delta
 
     def lookup(self, parent: int, name: bytes) -> int:
         with self.lock:

@@ -73,7 +73,11 @@ class FsckReport:
 
     def as_scrub_dict(self) -> dict[str, object]:
         """The scrub view: what was checked, found per plex, repaired, and lost."""
-        lost = [f.as_dict() for f in self.findings if f.check == "checksums"]
+        lost, seen = [], set()
+        for f in self.findings:
+            if f.check == "checksums" and (f.image, f.block) not in seen:
+                seen.add((f.image, f.block))
+                lost.append(f.as_dict())
         return {"blocks_checked": self.blocks_checked, "errors": self.errors_by_plex,
                 "errors_total": sum(self.errors_by_plex.values()),
                 "repaired": self.repaired, "unrecoverable": lost,
@@ -142,8 +146,9 @@ class _Walker:
         if self.progress:
             self.progress(len(todo))
         unrecoverable = set(res.unrecoverable)
+        repaired = self.repair and not self.store.mirror.read_only
         for spec, blk, i in res.bad:
-            if self.repair and i not in unrecoverable:
+            if repaired and i not in unrecoverable:
                 continue
             if level == 0:
                 what = f"data block at offset {int(idx[fresh[i]]) * tree.src.block_size}"

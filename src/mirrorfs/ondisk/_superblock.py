@@ -63,6 +63,7 @@ MAX_PLEXES = 16
 SB_BODY = 1008
 SB_SIZE = 1024
 MAX_HEIGHT = 12
+MAX_INODES = 1 << 40  # inode numbers above it name snapshot inodes (fs/_fs.py SNAP_SHIFT)
 MAX_SNAPSHOTS = 1024  # most snapshot records a volume holds (the table is read at open)
 
 _HEAD = struct.Struct("<8sII16s16sIIQQ16s16sQQII32s32s32sBBBxI8x")
@@ -196,6 +197,8 @@ class Superblock:
             raise fail(where, f"tree height above {MAX_HEIGHT}")
         if n_snaps > MAX_SNAPSHOTS:
             raise fail(where, f"snapshot count {n_snaps} above {MAX_SNAPSHOTS}")
+        if not 1 <= next_ino <= MAX_INODES:
+            raise fail(where, f"next inode number {next_ino} outside 1..{MAX_INODES}")
         for name, raw in (("object table", objtab), ("plane", plane), ("snapshot table", snaptab)):
             blk = int.from_bytes(raw[:8], "little")
             if blk >= nblocks:

@@ -102,7 +102,7 @@ def read_plex_snapshots(plex: Plex, sb: Superblock) -> list[SnapshotRecord]:
     mirror = MirrorSet([slot], sb.block_size, sb.nblocks, read_only=True)
     tree = Tree(MirrorSource(mirror), ptr_of(sb.snaptab_root), sb.snaptab_height,
                 f"snapshot table of {plex.spec}")
-    return load_snapshot_table(tree, sb.n_snapshots)
+    return load_snapshot_table(tree, sb.n_snapshots, plex.spec)
 
 
 def examine_plexes(plexes: Sequence[Plex], volume_uuid: uuid.UUID | None = None,

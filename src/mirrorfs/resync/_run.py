@@ -82,9 +82,12 @@ def explain_split(vol: Volume, source: PlexSlot, diverged: list[PlexSlot],
         parts.append(f"{source.spec} (CP {source.sb.cp}) and {d.spec} (CP {d.sb.cp}) each "
                      f"went on alone since {since}: {source.spec} changed {mine} blocks, "
                      f"{d.spec} changed {theirs} blocks")
-    return ("; ".join(parts) + ". Nothing was changed. Choose the survivor with --prefer PLEX; "
-            "the other side's state is then kept as a snapshot diverged-<plex>-cp<N> "
-            "(drop it instead with --discard-divergent)")
+    return "; ".join(parts)
+
+
+REFUSAL = (". Nothing was changed. Choose the survivor with --prefer PLEX; the other side's "
+           "state is then kept as a snapshot diverged-<plex>-cp<N> (drop it instead with "
+           "--discard-divergent)")
 
 
 def resync_volume(vol: Volume, *, dry_run: bool = False, verify: bool = False,
@@ -116,7 +119,7 @@ def resync_volume(vol: Volume, *, dry_run: bool = False, verify: bool = False,
                 report.plans = [plans[id(t)] for t in targets]
                 if dry_run:
                     return report
-                raise SplitBrain(report.explanation)
+                raise SplitBrain(report.explanation + REFUSAL)
         if dry_run:
             report.plans = [plans[id(t)] for t in targets]
             return report

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..errors import ReadOnly
+from ..errors import NoSpace, ReadOnly
 from ..ondisk import INODE_SIZE, PTR_DTYPE, Inode, PtrArray, ptr_bytes
 from ._tree import BlockSource, Space, Tree
 
@@ -132,6 +132,10 @@ class ObjectTable(ObjectView):
 
     def new_ino(self) -> int:
         self._check()
+        from ..ondisk._superblock import MAX_INODES
+
+        if self.next_ino >= MAX_INODES:
+            raise NoSpace(1, 0)
         ino = self.next_ino
         self.next_ino += 1
         return ino

@@ -38,7 +38,7 @@ import uuid
 
 import numpy as np
 
-from ..errors import NoSpace, ReadOnly, SnapshotError
+from ..errors import FormatError, NoSpace, ReadOnly, SnapshotError
 from ..mirror import MirrorSet, PlexSlot
 from ..ondisk import (
     MAX_SNAPSHOT_NAME,
@@ -50,6 +50,7 @@ from ..ondisk import (
     SnapKind,
     SnapshotRecord,
     Superblock,
+    Where,
     null_ptrs,
     ptr_bytes,
 )
@@ -105,18 +106,22 @@ def plane_from_tree(tree: Tree, words: int) -> np.ndarray:
     return out
 
 
-def load_snapshot_table(tree: Tree, n: int) -> list[SnapshotRecord]:
-    """The ``n`` records of a snapshot table tree, in table order."""
+def load_snapshot_table(tree: Tree, n: int, plexes: str = "?") -> list[SnapshotRecord]:
+    """The ``n`` records of a snapshot table tree, in table order (``plexes`` for errors)."""
     per = tree.src.block_size // SNAP_SIZE
+    nleaves = -(-n // per)
     out: list[SnapshotRecord] = []
-    for leaf in tree.read_leaves(0, -(-n // per)):
+    blks = tree.leaf_ptrs(0, nleaves)["blk"]
+    for i, leaf in enumerate(tree.read_leaves(0, nleaves)):
+        where = Where(plexes, f"{int(blks[i])} (snapshot table)")
         if leaf is None:
-            continue
+            raise FormatError(str(where), f"the superblock counts {n} snapshots, the table "
+                                          f"holds fewer")
         mv = memoryview(leaf)
         for j in range(per):
             if len(out) == n:
                 break
-            out.append(SnapshotRecord.decode(mv[j * SNAP_SIZE : (j + 1) * SNAP_SIZE]))
+            out.append(SnapshotRecord.decode(mv[j * SNAP_SIZE : (j + 1) * SNAP_SIZE], where))
     return out
 
 
@@ -172,7 +177,8 @@ class Store:
     # -- loading ------------------------------------------------------------
 
     def _load_snapshots(self, n: int) -> list[SnapshotRecord]:
-        return load_snapshot_table(self.snap_tree, n)
+        specs = ", ".join(s.spec for s in self.mirror.readable())
+        return load_snapshot_table(self.snap_tree, n, specs)
 
     def snapshot_plane(self, rec: SnapshotRecord) -> np.ndarray:
         tree = Tree(self.src, ptr_of(rec.plane_root), rec.plane_height,
