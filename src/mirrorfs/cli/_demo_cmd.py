@@ -81,5 +81,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _run(["status", vol])
     _say("fsck verifies every checksum on every plex and the block maps.")
     _run(["fsck", vol])
-    _say(f"Done. The volume stays in {where}; try `mirrorfs ls {vol} /`.")
+
+    _say("Now plex 1 fails: its image vanishes (as a dead disk or a lost NBD server would).")
+    away = Path(p1 + ".away")
+    os.replace(p1, away)
+    print(f"(moved {p1} to {away})")
+    _say("Opening refuses to run on half a mirror by accident...")
+    code = _try(["put", vol, "-", "/data/while-away.txt"], b"")
+    print(f"(exit code {code})")
+    _say("...and runs degraded when told to. The survivor pins the CP plex 1 holds as a "
+         "resync base.")
+    more = where / "more.bin"
+    more.write_bytes(os.urandom(4 << 20))
+    _run(["put", "--degraded", vol, str(more), "/data/while-away.bin"])
+    _run(["rm", "--degraded", vol, "/data/file002.bin"] if files > 2 else ["ls", vol, "/"])
+    _say("Plex 1 comes back. status shows it stale, with the resync plan: only what changed.")
+    os.replace(away, p1)
+    _run(["status", vol])
+    _say("A dry run prints the plan; the resync copies exactly that, and verifies it.")
+    _run(["resync", "--dry-run", vol])
+    _run(["resync", "--verify", vol])
+    _say("Each plex alone passes fsck and holds the same bytes.")
+    for plex in (p0, p1):
+        _run(["fsck", "--read-only", "--plex", plex, vol])
+    digests = []
+    for plex in (p0, p1):
+        out = where / f"check-{Path(plex).stem}.bin"
+        _run(["get", "--read-only", "--plex", plex, vol, "/data/while-away.bin", str(out)])
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest()[:16])
+    print(f"plex 0: {digests[0]}  plex 1: {digests[1]}  "
+          f"({'identical' if digests[0] == digests[1] else 'DIFFERENT'})")
+    if digests[0] != digests[1]:
+        raise CliError("the plexes differ after the resync")
+    _say(f"Done. The volume stays in {where}; try `mirrorfs status {vol}`.")
     return 0
+
+
+def _try(argv: list[str], stdin: bytes) -> int:
+    """Run a step that is meant to fail, showing its error."""
+    import subprocess
+    import sys
+
+    print(f"\n$ mirrorfs {shlex.join(argv)}", flush=True)
+    res = subprocess.run([sys.executable, "-m", "mirrorfs", *argv], input=stdin,
+                         capture_output=True, timeout=120)
+    sys.stdout.write(res.stderr.decode())
+    return res.returncode
