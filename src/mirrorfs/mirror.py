@@ -178,7 +178,7 @@ class MirrorSet:
         self._read_bytes += len(data)
         return data
 
-    def read_verified(self, ptrs: PtrArray, what: str = "") -> list[bytes]:
+    def read_verified(self, ptrs: PtrArray, what: str = "") -> list[bytes | memoryview]:
         """The blocks ``ptrs`` point at, each checked against its pointer's checksum.
 
         Adjacent blocks are read in one call. A block that fails on one plex is
@@ -186,7 +186,7 @@ class MirrorSet:
         every in-sync plex raises CorruptBlock naming ``what`` and the block.
         """
         n = len(ptrs)
-        out: list[bytes] = [b""] * n
+        out: list[bytes | memoryview] = [b""] * n
         if n == 0:
             return out
         blks = np.asarray(ptrs["blk"], dtype=np.uint64)
@@ -217,7 +217,7 @@ class MirrorSet:
             ok = np.all(checksums(blocks) == np.asarray(ptrs["ck"][idx]).reshape(-1, 2), axis=1)
             for j, i in enumerate(idx.tolist()):
                 if ok[j]:
-                    out[i] = bytes(blocks[j])
+                    out[i] = blocks[j]  # a view into the run: no copy per block
                 else:
                     bad.append(i)
         for i in bad:

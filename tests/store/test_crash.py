@@ -160,11 +160,13 @@ class Workload:
         del self.tree[path]
 
     def snapshot(self, name: str) -> None:
-        """A snapshot commits twice: a forced CP of the current tree, then its record."""
+        """A snapshot commits the dirty tree (if any) as a CP, then its record in the next."""
         before = self.vol.store.cp
+        dirty = self.vol.store.dirty
         self.vol.snapshot(name)
-        assert self.vol.store.cp == before + 2
-        self.models[before + 1] = self.state()
+        assert self.vol.store.cp == before + (2 if dirty else 1)
+        if dirty:
+            self.models[before + 1] = self.state()
         self.snaps[name] = dict(self.tree)
         self.record()
 

@@ -118,7 +118,7 @@ def examine_plexes(plexes: Sequence[Plex], volume_uuid: uuid.UUID | None = None,
             rep.sb = read_label(plex, size_hint)
             if rep.sb is None:
                 rep.state, rep.error = "unreadable", "no valid superblock"
-            else:
+            elif rep.sb.resync is None:  # a resync target's tables are not its own yet
                 rep.snapshots = read_plex_snapshots(plex, rep.sb)
         except MirrorfsError as e:
             rep.state, rep.error = "unreadable", str(e)

@@ -78,7 +78,7 @@ class _Rewriter:
     def _in_common(self, blks: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
         return planes.test_bits(self.common, blks)
 
-    def _put(self, datas: list[bytes]) -> npt.NDArray[np.uint64]:
+    def _put(self, datas: list[bytes | memoryview]) -> npt.NDArray[np.uint64]:
         blks = self.store.alloc.allocate_pinned(len(datas))
         self.store.mirror.write_blocks(blks, datas)
         self.copied += len(datas)

@@ -20,7 +20,7 @@ from ..errors import NoSpace
 from . import _planes as planes
 from ._planes import Blocks, Words
 
-WINDOW_WORDS = 1 << 16  # words scanned per refill: 4 Mi blocks (16 GiB at 4 KiB)
+MIN_WINDOW_WORDS = 1 << 10  # fewest words scanned per refill step (64 Ki blocks)
 
 
 class Allocator:
@@ -59,12 +59,18 @@ class Allocator:
         return max(0, self.nblocks - self._held_cache)
 
     def _refill(self, want: int) -> None:
+        """Scan ahead of the cursor, in steps sized to the demand, until ``want`` are free.
+
+        The cost follows the blocks asked for, not the volume: a small CP
+        scans a small window, however large and empty the volume is.
+        """
         nwords = len(self.active)
         got = [self._free]
         have = len(self._free)
         while have < want and self._scanned < nwords:
             w0 = self._cursor
-            w1 = min(nwords, w0 + WINDOW_WORDS)
+            step = max(MIN_WINDOW_WORDS, 2 * -(-(want - have) // 64))
+            w1 = min(nwords, w0 + step)
             held = self.active[w0:w1] | self.committed[w0:w1] | self.snap_union[w0:w1]
             free_words = ~held
             blks = planes.to_blocks(free_words, 0, None) + np.uint64(w0 * 64)

@@ -88,7 +88,7 @@ class ObjectView:
         start = offset - a * bs
         return data[start : start + (end - offset)]
 
-    def leaf(self, ino: int, i: int) -> bytes | bytearray | None:
+    def leaf(self, ino: int, i: int) -> bytes | bytearray | memoryview | None:
         return self.tree(ino).read_leaf(i)
 
     def tree_ptrs(self, ino: int) -> Iterable[tuple[int, PtrArray]]:

@@ -23,12 +23,12 @@ class MirrorSource:
     def __init__(self, mirror: MirrorSet, cache_nodes: int = NODE_CACHE_NODES) -> None:
         self.mirror = mirror
         self.block_size = mirror.block_size
-        self._cache: OrderedDict[tuple[int, bytes], PtrArray] = OrderedDict()
+        self._cache: OrderedDict[bytes, PtrArray] = OrderedDict()
         self._limit = cache_nodes
 
     @staticmethod
-    def _key(ptr: np.void) -> tuple[int, bytes]:
-        return int(ptr["blk"]), np.asarray(ptr["ck"]).tobytes()
+    def _key(ptr: np.void) -> bytes:
+        return ptr.tobytes()  # block, birth and checksum: a rewritten block never matches
 
     def read_nodes(self, ptrs: PtrArray, what: str) -> list[PtrArray]:
         out: list[PtrArray | None] = []
@@ -43,23 +43,22 @@ class MirrorSource:
         if missing:
             datas = self.mirror.read_verified(ptrs[missing], what)
             for i, data in zip(missing, datas, strict=True):
-                node = np.frombuffer(data, dtype=PTR_DTYPE)
+                node = np.frombuffer(data, dtype=PTR_DTYPE).copy()  # not a view of the run
                 node.flags.writeable = False
                 out[i] = node
                 self._remember(self._key(ptrs[i]), node)
         return [n for n in out if n is not None]
 
-    def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes]:
+    def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes | memoryview]:
         return self.mirror.read_verified(ptrs, what)
 
-    def cache_node(self, blk: int, node: PtrArray) -> None:
-        from ..ondisk import checksum
-
+    def cache_node(self, ptr: bytes, node: PtrArray) -> None:
+        """Remember a node just written, under the pointer its parent holds."""
         frozen = node.copy()
         frozen.flags.writeable = False
-        self._remember((blk, checksum(frozen.tobytes())), frozen)
+        self._remember(ptr, frozen)
 
-    def _remember(self, key: tuple[int, bytes], node: PtrArray) -> None:
+    def _remember(self, key: bytes, node: PtrArray) -> None:
         self._cache[key] = node
         if len(self._cache) > self._limit:
             self._cache.popitem(last=False)

@@ -431,7 +431,7 @@ class Store:
                 raise SnapshotError(name, "a snapshot of that name exists")
             if len(self.snapshots) >= MAX_SNAPSHOTS:
                 raise SnapshotError(name, f"the volume holds {MAX_SNAPSHOTS} snapshots already")
-            self.commit(force=True)
+            self.commit()  # a clean volume's last CP is the snapshot: one CP, not two
             rec = SnapshotRecord(
                 name=name, guid=guid or uuid.uuid4(), cp=self.cp,
                 ctime_ns=self.clock.time_ns(), kind=kind,

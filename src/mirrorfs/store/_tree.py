@@ -22,12 +22,14 @@ Concurrency. A tree is used under the store lock only.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import CorruptBlock
 from ..ondisk import PTR_DTYPE, PtrArray, null_ptrs
 from ..ondisk._ptr import checksums
 
@@ -44,9 +46,9 @@ class BlockSource(Protocol):
 
     def read_nodes(self, ptrs: PtrArray, what: str) -> list[PtrArray]: ...
 
-    def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes]: ...
+    def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes | memoryview]: ...
 
-    def cache_node(self, blk: int, node: PtrArray) -> None: ...
+    def cache_node(self, ptr: bytes, node: PtrArray) -> None: ...
 
 
 class Space(Protocol):
@@ -58,8 +60,8 @@ class Space(Protocol):
 class Tree:
     """One object's block tree, with the dirty leaves of the CP being built."""
 
-    __slots__ = ("_base", "_cp_leaves", "_cp_nodes", "_cp_placed", "dirty", "fanout", "height",
-                 "leaf_delta", "root", "src", "what")
+    __slots__ = ("_base", "_cp_leaves", "_cp_nodes", "_cp_placed", "_leaf_placed", "dirty",
+                 "fanout", "height", "leaf_delta", "root", "src", "what")
 
     def __init__(self, src: BlockSource, root: PtrArray, height: int, what: str) -> None:
         self.src = src
@@ -70,7 +72,8 @@ class Tree:
         self.dirty: dict[int, Leaf] = {}
         self.leaf_delta = 0
         self._cp_nodes: dict[tuple[int, int], PtrArray] = {}
-        self._cp_placed: set[tuple[int, int]] = set()
+        self._cp_placed: set[tuple[int, int]] = set()  # nodes (level >= 1) placed this CP
+        self._leaf_placed: set[int] = set()  # leaves placed this CP
         self._cp_leaves: dict[int, Leaf] = {}
         self._base: tuple[PtrArray, int] | None = None  # committed root and height, during a CP
 
@@ -133,17 +136,20 @@ class Tree:
         for i in nz.tolist():
             self._walk_nonnull(node[i], level - 1, first + i * span, a, b, found)
 
-    def read_leaves(self, a: int, b: int) -> list[bytes | bytearray | None]:
+    def read_leaves(self, a: int, b: int) -> list[bytes | bytearray | memoryview | None]:
         """Leaves [a, b): dirty bytes first, then committed ones (None for holes)."""
         ptrs = self.leaf_ptrs(a, b)
-        out: list[bytes | bytearray | None] = [None] * (b - a)
+        out: list[bytes | bytearray | memoryview | None] = [None] * (b - a)
         want = np.flatnonzero(ptrs["blk"])
         if self.dirty:
             want = np.array([i for i in want.tolist() if (a + i) not in self.dirty],
                             dtype=np.int64)
         if len(want):
-            for i, data in zip(want.tolist(), self.src.read_leaves(ptrs[want], self.what),
-                               strict=True):
+            try:
+                datas = self.src.read_leaves(ptrs[want], self.what)
+            except CorruptBlock as e:
+                raise self._at_offset(e, ptrs, a) from None
+            for i, data in zip(want.tolist(), datas, strict=True):
                 out[i] = data
         if self.dirty:
             for i in range(b - a):
@@ -152,7 +158,21 @@ class Tree:
                     out[i] = d  # type: ignore[call-overload]
         return out
 
-    def read_leaf(self, i: int) -> bytes | bytearray | None:
+    def _at_offset(self, err: CorruptBlock, ptrs: PtrArray, a: int) -> CorruptBlock:
+        """``err`` naming the byte offset of the bad leaf in this tree's object too.
+
+        The mirror knows only the block; a reader needs the place in the file.
+        """
+        if len(err.args_) != 3 or not isinstance(err.args_[1], int):
+            return err
+        what, blk, detail = err.args_
+        hit = np.flatnonzero(ptrs["blk"] == blk)
+        if len(hit) == 0:
+            return err
+        offset = (a + int(hit[0])) * self.src.block_size
+        return CorruptBlock(f"{what} at offset {offset}", blk, detail)
+
+    def read_leaf(self, i: int) -> bytes | bytearray | memoryview | None:
         return self.read_leaves(i, i + 1)[0]
 
     def walk_ptrs(self) -> Iterator[tuple[int, PtrArray]]:
@@ -231,37 +251,37 @@ class Tree:
             return
         if self._base is None:
             self._base = (self.root.copy(), self.height)
-        idx = np.array(sorted(self.dirty), dtype=np.int64)
-        leaves = [self.dirty[i] for i in idx.tolist()]
+        order = sorted(self.dirty)
+        idx = np.array(order, dtype=np.int64)
+        leaves = [self.dirty[i] for i in order]
         self.dirty = {}
         self._grow(int(idx[-1]) + 1, space, cp)
-        fresh = np.array([d is not None and (0, int(i)) not in self._cp_placed
-                          for i, d in zip(idx.tolist(), leaves, strict=True)], dtype=bool)
-        new_blks = space.allocate(int(fresh.sum()))
-        child = null_ptrs(len(idx))
-        has = np.array([d is not None for d in leaves], dtype=bool)
-        # leaves placed earlier in this CP keep their block
-        prev = self._placed_leaf_blocks(idx)
-        child["blk"][fresh] = new_blks
-        keep = has & ~fresh
-        child["blk"][keep] = prev[keep]
+        n = len(order)
+        has = np.fromiter((d is not None for d in leaves), dtype=bool, count=n)
+        child = null_ptrs(n)
+        if self._leaf_placed:  # a later pass of this CP (the plane): placed leaves keep blocks
+            again = np.fromiter((i in self._leaf_placed for i in order), dtype=bool, count=n)
+            fresh = has & ~again
+            keep = has & again
+            child["blk"][keep] = self._placed_leaf_blocks(idx)[keep]
+        else:
+            fresh = has
+        child["blk"][fresh] = space.allocate(int(fresh.sum()))
         child["birth"][has] = cp
-        for i, d in zip(idx.tolist(), leaves, strict=True):
-            self._cp_leaves[i] = d
-            if d is not None:
-                self._cp_placed.add((0, i))
-            else:
-                self._cp_placed.discard((0, i))
+        self._cp_leaves.update(zip(order, leaves, strict=True))
+        self._leaf_placed.update(itertools.compress(order, has.tolist()))
+        if not has.all():
+            self._leaf_placed.difference_update(itertools.compress(order, (~has).tolist()))
         self._propagate(idx, child, space, cp, leaf_level=True)
 
     def _placed_leaf_blocks(self, idx: I64) -> npt.NDArray[np.uint64]:
         out = np.zeros(len(idx), dtype=np.uint64)
         if self.height == 0:
-            if len(idx) and (0, 0) in self._cp_placed:
+            if len(idx) and 0 in self._leaf_placed:
                 out[0] = self.root["blk"][0]
             return out
         for j, i in enumerate(idx.tolist()):
-            if (0, i) in self._cp_placed:
+            if i in self._leaf_placed:
                 node = self._cp_nodes.get((1, i // self.fanout))
                 if node is not None:
                     out[j] = node["blk"][i % self.fanout]
@@ -316,6 +336,13 @@ class Tree:
             leaf_level = False
             level += 1
 
+    def _placed_ptr(self, level: int, index: int) -> bytes:
+        """The sealed pointer to node (level, index): in its parent, or the root."""
+        if level == self.height:
+            return bytes(self.root[0].tobytes())
+        parent = self._cp_nodes[(level + 1, index // self.fanout)]
+        return bytes(parent[index % self.fanout].tobytes())
+
     def _placed_blk(self, level: int, index: int) -> int:
         if level == self.height:
             return int(self.root["blk"][0])
@@ -347,9 +374,10 @@ class Tree:
             ncks = checksums(raw) if raw else np.zeros((0, 2), dtype=np.uint64)
             self._fill(level, np.array(live, dtype=np.int64), ncks, out_blks, out_data, raw)
             for p, n in zip(live, nodes, strict=True):
-                self.src.cache_node(self._placed_blk(level, p), n)
+                self.src.cache_node(self._placed_ptr(level, p), n)
         self._cp_nodes = {}
         self._cp_placed = set()
+        self._leaf_placed = set()
         self._cp_leaves = {}
         self._base = None
         return out_blks, out_data
@@ -367,8 +395,11 @@ class Tree:
             out_data.append(datas[0])
             return
         parents = idx // self.fanout
-        for j, (i, p) in enumerate(zip(idx.tolist(), parents.tolist(), strict=True)):
-            node = self._cp_nodes[(level + 1, p)]
-            node["ck"][i % self.fanout] = cks[j]
-            out_blks.append(int(node["blk"][i % self.fanout]))
-            out_data.append(datas[j])
+        uniq, starts = np.unique(parents, return_index=True)
+        ends = np.append(starts[1:], len(idx))
+        for p, s, e in zip(uniq.tolist(), starts.tolist(), ends.tolist(), strict=True):
+            node = self._cp_nodes[(level + 1, p)]  # vectorized per parent node
+            pos = idx[s:e] % self.fanout
+            node["ck"][pos] = cks[s:e]
+            out_blks.extend(node["blk"][pos].tolist())
+        out_data.extend(datas)
