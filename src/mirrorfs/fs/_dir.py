@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..errors import FsError
 from ..ondisk import (
@@ -28,42 +28,58 @@ from ..store import ObjectTable, ObjectView
 MAX_DEPTH = 40
 
 
+Bucket = dict[bytes, tuple[int, int, int]]  # name -> (hash, inode, DT type)
+
+
 class Directory:
-    """The entries of one directory object in one image."""
+    """The entries of one directory object in one image.
+
+    Buckets are decoded on first use and kept as dicts (O(1) lookups); a
+    change marks its bucket dirty and ``flush`` encodes dirty buckets into
+    the directory's tree once per CP, not once per change.
+    """
 
     def __init__(self, view: ObjectView, ino: int) -> None:
         self.view = view
         self.ino = ino
-        self._buckets: dict[int, list[Entry]] = {}
+        self._buckets: dict[int, Bucket] = {}
+        self._used: dict[int, int] = {}
+        self.dirty: set[int] = set()
+        self.on_dirty: Callable[[int, Directory], None] | None = None  # told once per change
+
+    def _changed(self, b: int) -> None:
+        self.dirty.add(b)
+        if self.on_dirty is not None:
+            self.on_dirty(self.ino, self)
 
     @property
     def depth(self) -> int:
         return self.view.inode(self.ino).dir_depth
 
-    def _bucket(self, b: int) -> list[Entry]:
+    def _bucket(self, b: int) -> Bucket:
         got = self._buckets.get(b)
         if got is None:
             leaf = self.view.leaf(self.ino, b)
-            got = decode_bucket(leaf) if leaf is not None else []
+            entries = decode_bucket(leaf) if leaf is not None else []
+            got = {name: (h, ino, typ) for h, ino, typ, name in entries}
             self._buckets[b] = got
+            self._used[b] = sum(entry_size(name) for name in got)
         return got
 
     def lookup(self, name: bytes) -> tuple[int, int] | None:
         """(inode, type) of ``name``, or None."""
-        h = name_hash(name)
-        for eh, ino, typ, n in self._bucket(bucket_of(h, self.depth)):
-            if eh == h and n == name:
-                return ino, typ
-        return None
+        got = self._bucket(bucket_of(name_hash(name), self.depth)).get(name)
+        return (got[1], got[2]) if got is not None else None
 
     def entries(self, after: int = 0) -> Iterator[Entry]:
         """Entries in hash order, starting after cookie ``after`` (a hash)."""
         depth = self.depth
         first = bucket_of(after, depth) if after else 0
         for b in range(first, 1 << depth):
-            for e in self._bucket(b):
-                if e[0] > after:
-                    yield e
+            bucket = self._bucket(b)
+            for h, ino, typ, name in sorted((h, i, t, n) for n, (h, i, t) in bucket.items()):
+                if h > after:
+                    yield h, ino, typ, name
 
     def is_empty(self) -> bool:
         return self.view.inode(self.ino).size == 0
@@ -74,66 +90,73 @@ class Directory:
         assert isinstance(self.view, ObjectTable)
         return self.view
 
-    def _store_bucket(self, b: int) -> None:
-        entries = self._buckets[b]
+    def flush(self) -> None:
+        """Encode the dirty buckets into the directory's tree (before a CP)."""
+        if not self.dirty:
+            return
         bs = self.view.block_size
-        self._table().tree(self.ino).write_leaf(b, encode_bucket(entries, bs) if entries else None)
+        tree = self._table().tree(self.ino)
+        for b in sorted(self.dirty):
+            bucket = self._buckets[b]
+            entries = [(h, ino, typ, name) for name, (h, ino, typ) in bucket.items()]
+            tree.write_leaf(b, encode_bucket(entries, bs) if entries else None)
+        self.dirty.clear()
+
+    def _resize(self, delta: int) -> None:
+        table = self._table()
+        ind = table.inode(self.ino)
+        table.set_inode(self.ino, dataclasses.replace(ind, size=max(0, ind.size + delta)))
 
     def add(self, name: bytes, ino: int, typ: int) -> None:
         h = name_hash(name)
         cap = bucket_capacity(self.view.block_size)
+        size = entry_size(name)
         while True:
-            depth = self.depth
-            b = bucket_of(h, depth)
+            b = bucket_of(h, self.depth)
             bucket = self._bucket(b)
-            used = sum(entry_size(e[3]) for e in bucket)
-            if used + entry_size(name) <= cap:
-                bucket.append((h, ino, typ, name))
-                bucket.sort()
-                self._store_bucket(b)
+            if self._used[b] + size <= cap:
+                bucket[name] = (h, ino, typ)
+                self._used[b] += size
+                self._changed(b)
                 break
             self._double()
-        table = self._table()
-        ind = table.inode(self.ino)
-        table.set_inode(self.ino, dataclasses.replace(ind, size=ind.size + 1))
+        self._resize(+1)
 
     def remove(self, name: bytes) -> tuple[int, int]:
-        h = name_hash(name)
-        b = bucket_of(h, self.depth)
+        b = bucket_of(name_hash(name), self.depth)
         bucket = self._bucket(b)
-        for i, (eh, ino, typ, n) in enumerate(bucket):
-            if eh == h and n == name:
-                del bucket[i]
-                self._store_bucket(b)
-                table = self._table()
-                ind = table.inode(self.ino)
-                table.set_inode(self.ino, dataclasses.replace(ind, size=max(0, ind.size - 1)))
-                return ino, typ
-        raise FsError(errno.ENOENT, name.decode(errors="replace"))
+        got = bucket.pop(name, None)
+        if got is None:
+            raise FsError(errno.ENOENT, name.decode(errors="replace"))
+        self._used[b] -= entry_size(name)
+        self._changed(b)
+        self._resize(-1)
+        return got[1], got[2]
 
     def replace(self, name: bytes, ino: int, typ: int) -> None:
         """Point an existing entry at another inode (rename over an existing name)."""
-        h = name_hash(name)
-        b = bucket_of(h, self.depth)
+        b = bucket_of(name_hash(name), self.depth)
         bucket = self._bucket(b)
-        for i, (eh, _, _, n) in enumerate(bucket):
-            if eh == h and n == name:
-                bucket[i] = (h, ino, typ, name)
-                self._store_bucket(b)
-                return
-        raise FsError(errno.ENOENT, name.decode(errors="replace"))
+        got = bucket.get(name)
+        if got is None:
+            raise FsError(errno.ENOENT, name.decode(errors="replace"))
+        bucket[name] = (got[0], ino, typ)
+        self._changed(b)
 
     def _double(self) -> None:
         depth = self.depth
         if depth >= MAX_DEPTH:
             raise FsError(errno.ENOSPC, "", "directory hash buckets exhausted")
-        everything = [e for b in range(1 << depth) for e in self._bucket(b)]
+        old = [self._bucket(b) for b in range(1 << depth)]
         new_depth = depth + 1
-        self._buckets = {b: [] for b in range(1 << new_depth)}
-        for e in everything:
-            self._buckets[bucket_of(e[0], new_depth)].append(e)
+        self._buckets = {b: {} for b in range(1 << new_depth)}
+        self._used = dict.fromkeys(range(1 << new_depth), 0)
+        for bucket in old:
+            for name, (h, ino, typ) in bucket.items():
+                b = bucket_of(h, new_depth)
+                self._buckets[b][name] = (h, ino, typ)
+                self._used[b] += entry_size(name)
         table = self._table()
         table.set_inode(self.ino, dataclasses.replace(table.inode(self.ino), dir_depth=new_depth))
-        for b in range(1 << new_depth):
-            self._buckets[b].sort()
-            self._store_bucket(b)
+        self.dirty.update(range(1 << new_depth))
+        self._changed(0)

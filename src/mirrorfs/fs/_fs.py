@@ -87,6 +87,18 @@ class FileSystem:
         self._snap_by_id: dict[int, SnapshotRecord] = {}
         self._views: dict[int, ObjectView] = {}
         self.open_counts: dict[int, int] = {}
+        self._dirty_dirs: dict[int, Directory] = {}
+        store.pre_commit.append(self._flush_dirs)
+
+    def _mark_dirty(self, ino: int, d: Directory) -> None:
+        self._dirty_dirs[ino] = d
+
+    def _flush_dirs(self) -> None:
+        """Before each CP: directories encode the buckets they changed."""
+        dirty, self._dirty_dirs = self._dirty_dirs, {}
+        for d in dirty.values():
+            if d.view is self.objects:
+                d.flush()
 
     # -- set-up -------------------------------------------------------------
 
@@ -111,6 +123,7 @@ class FileSystem:
     def reset_caches(self) -> None:
         """Forget decoded directories (after a rollback replaced the active image)."""
         self._dirs.clear()
+        self._dirty_dirs.clear()
 
     # -- images -------------------------------------------------------------
 
@@ -148,6 +161,8 @@ class FileSystem:
         d = self._dirs.get(key)
         if d is None or d.view is not view:
             d = Directory(view, local)
+            if ino < SNAP_BASE:
+                d.on_dirty = self._mark_dirty
             self._dirs[key] = d
         return d
 
@@ -348,6 +363,9 @@ class FileSystem:
         now = self._now()
         nlink = ind.nlink - (2 if stat.S_ISDIR(ind.mode) else 1)
         if nlink <= 0 and not self.open_counts.get(ino):
+            if stat.S_ISDIR(ind.mode):  # a removed directory has nothing left to encode
+                self._dirty_dirs.pop(ino, None)
+                self._dirs.pop((id(self.objects), ino), None)
             self.objects.release(ino)
         else:
             self.objects.update(ino, nlink=max(0, nlink), ctime_ns=now)
@@ -547,7 +565,10 @@ class FileSystem:
     def statfs(self) -> StatFs:
         with self.lock:
             st = self.store.statistics()
-            return StatFs(self.store.block_size, st.total_blocks, st.free_blocks,
+            # data written since the last CP takes its blocks at the next one; count it now,
+            # or df shows a volume that a write is about to fill (ENOSPC) as empty
+            free = max(0, st.free_blocks - st.dirty_leaves)
+            return StatFs(self.store.block_size, st.total_blocks, free,
                           1 << 40, (1 << 40) - self.objects.next_ino, MAX_NAME_LEN)
 
     # -- snapshots and rollback ---------------------------------------------

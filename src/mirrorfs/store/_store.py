@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 
@@ -173,6 +174,7 @@ class Store:
         self.broken: Exception | None = None
         self.committed = self._cp_state()
         self._in_set = set(map(id, self.mirror.in_sync()))
+        self.pre_commit: list[Callable[[], None]] = []  # e.g. directories encode buckets
 
     # -- loading ------------------------------------------------------------
 
@@ -237,6 +239,8 @@ class Store:
         with self.lock:
             if self.read_only or self.broken is not None:
                 return False
+            for hook in self.pre_commit:
+                hook()
             if not force and not self.dirty:
                 return False
             try:
