@@ -33,6 +33,7 @@ from ..errors import CorruptBlock
 from ..ondisk import PTR_DTYPE, PtrArray, null_ptrs
 from ..ondisk._ptr import checksums
 
+NODE_READAHEAD = 32  # extra sibling nodes fetched with the ones a read needs
 DEFERRED = bytes(1)  # a dirty leaf whose bytes are given at seal time (the plane), by identity
 _CLEAN = object()
 Leaf = bytes | bytearray | None
@@ -108,7 +109,13 @@ class Tree:
         if level == 1:
             out[first + i0 - base : first + i1 - base] = node[i0:i1]
             return
-        for i in (np.flatnonzero(node["blk"][i0:i1]) + i0).tolist():
+        want = np.flatnonzero(node["blk"][i0:i1]) + i0
+        # Read the children in one batch, with some ahead: they were placed together, so
+        # the batch is one coalesced read and the next sequential reads hit the cache.
+        ahead = np.flatnonzero(node["blk"][i0 : min(self.fanout, i1 + NODE_READAHEAD)]) + i0
+        if len(ahead):
+            self.src.read_nodes(node[ahead], self.what)
+        for i in want.tolist():
             self._collect(node[i], level - 1, first + i * span, a, b, out, base)
 
     def nonnull_leaves(self, a: int, b: int) -> I64:
