@@ -37,6 +37,7 @@ Options (-o, comma-separated, repeatable):
 A CP is committed every {CP_INTERVAL_S:.0f} seconds while data is dirty, on fsync and fdatasync,
 and on unmount. Unmount with `mirrorfs umount MOUNTPOINT` (it waits for the final
 CP), `fusermount3 -u MOUNTPOINT`, or SIGTERM/SIGINT/SIGHUP to the daemon.
+sync(1) does not reach a FUSE file system: use fsync(2) (or unmount) for durability.
 
 Logs: a background daemon logs to --log, by default the volume file with the
 suffix .log next to it (v.toml -> v.log); a foreground mount logs to stderr.
@@ -48,8 +49,8 @@ Each mount also has a state file in {runtime_dir()}/ (pid, volume, log).""")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="mount options, e.g. -o allow_other,default_permissions,ro")
     p.add_argument("--log", metavar="FILE", default=None,
-                   help="log file of the background daemon (default: VOLUME's name with "
-                        "suffix .log, next to it)")
+                   help="log file (default: in the background VOLUME's name with suffix "
+                        ".log, next to it; in the foreground stderr)")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("volume", metavar="VOLUME", help="the volume file written by mkfs")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")

@@ -75,6 +75,14 @@ def errno_of(exc: BaseException) -> int:
     return errno.EIO
 
 
+def _sup_groups(pid: int) -> set[int]:
+    """The caller's supplementary groups; none if it has exited meanwhile."""
+    try:
+        return set(pyfuse3.get_sup_groups(pid))
+    except OSError:
+        return set()
+
+
 def _replies(fn: _H) -> _H:
     """Make a handler turn every exception into a FUSEError for its request."""
 
@@ -116,6 +124,7 @@ class FuseOperations(pyfuse3.Operations):
         super().__init__()
         self.fs = fs
         self._files: dict[int, int] = {}  # file handle -> inode
+        self._writers: set[int] = set()  # file handles open for writing
         self._dirs: dict[int, _OpenDir] = {}  # directory handle -> its state
         self._next_fh = 1
 
@@ -184,6 +193,7 @@ class FuseOperations(pyfuse3.Operations):
             except Exception as e:  # the final CP must still run
                 errno_of(e)
         self._files.clear()
+        self._writers.clear()
         self._dirs.clear()
 
     # -- names ----------------------------------------------------------------
@@ -299,13 +309,16 @@ class FuseOperations(pyfuse3.Operations):
         a = self.fs.getattr(inode)
         if stat.S_ISDIR(a.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+        writes = flags & os.O_ACCMODE != os.O_RDONLY
+        if writes or flags & os.O_TRUNC:
             self._writable_ino(inode)
         if flags & os.O_TRUNC and stat.S_ISREG(a.mode):
             self.fs.setattr(inode, size=0)
         self.fs.opened(inode)
         fh = self._new_fh()
         self._files[fh] = inode
+        if writes:
+            self._writers.add(fh)
         return pyfuse3.FileInfo(fh=fh)
 
     @_replies
@@ -317,6 +330,8 @@ class FuseOperations(pyfuse3.Operations):
         self.fs.opened(ino)
         fh = self._new_fh()
         self._files[fh] = ino
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            self._writers.add(fh)
         return pyfuse3.FileInfo(fh=fh), self._attr_entry(ino)
 
     @_replies
@@ -329,13 +344,14 @@ class FuseOperations(pyfuse3.Operations):
 
     @_replies
     async def flush(self, fh: int) -> None:
-        """close(2): data is already in the store; report a volume that can no longer commit."""
-        if self.fs.store.broken is not None and not self.fs.store.read_only:
+        """close(2): data is already in the store; tell a writer if it can no longer commit."""
+        if fh in self._writers and self.fs.store.broken is not None:
             raise pyfuse3.FUSEError(errno.EIO)
 
     @_replies
     async def release(self, fh: int) -> None:
         ino = self._files.pop(fh, None)
+        self._writers.discard(fh)
         if ino is not None:
             self.fs.released(ino)
 
@@ -409,7 +425,7 @@ class FuseOperations(pyfuse3.Operations):
             return not (mode & os.X_OK) or stat.S_ISDIR(a.mode) or bool(a.mode & 0o111)
         if ctx.uid == a.uid:
             bits = (a.mode >> 6) & 7
-        elif ctx.gid == a.gid or a.gid in pyfuse3.get_sup_groups(ctx.pid):
+        elif ctx.gid == a.gid or a.gid in _sup_groups(ctx.pid):
             bits = (a.mode >> 3) & 7
         else:
             bits = a.mode & 7

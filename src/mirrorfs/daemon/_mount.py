@@ -283,7 +283,7 @@ class MountRequest:
     def make(cls, volume: str | os.PathLike[str], mountpoint: str | os.PathLike[str],
              options: MountOptions = MountOptions(), degraded: bool = False,
              log_file: str | os.PathLike[str] | None = None) -> MountRequest:
-        return cls(Path(os.path.abspath(volume)), Path(os.path.abspath(mountpoint)),
+        return cls(Path(os.path.abspath(volume)), Path(os.path.realpath(mountpoint)),
                    options, degraded, Path(os.path.abspath(log_file)) if log_file else None)
 
 
@@ -422,11 +422,13 @@ def _stderr_captured() -> Iterator[list[str]]:
                 log.warning("fuse: %s", x)
 
 
-def _setup_daemon_logging(verbose: bool) -> None:
-    logging.basicConfig(force=True, stream=sys.stderr,
-                        level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s mirrorfs[%(process)d] %(levelname)s %(name)s: "
-                               "%(message)s")
+def _setup_logging(log_file: Path | None) -> None:
+    """Log INFO and up with times: to ``log_file``, or to stderr (the daemon's log file)."""
+    fmt = "%(asctime)s mirrorfs[%(process)d] %(levelname)s %(name)s: %(message)s"
+    if log_file is not None:
+        logging.basicConfig(force=True, filename=log_file, level=logging.INFO, format=fmt)
+    else:
+        logging.basicConfig(force=True, stream=sys.stderr, level=logging.INFO, format=fmt)
 
 
 def serve(req: MountRequest, ready_fd: int | None) -> int:
@@ -438,8 +440,10 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
 
     from ._fuse import FuseOperations
 
-    if ready_fd is not None:
-        _setup_daemon_logging(log.isEnabledFor(logging.DEBUG))
+    if ready_fd is not None:  # stderr is the log file already
+        _setup_logging(None)
+    elif req.log_file is not None:
+        _setup_logging(req.log_file)
     ready = _Ready(ready_fd)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     mp = req.mountpoint
@@ -528,7 +532,7 @@ def _close_volume(vol: Volume, state: _StateFile) -> int:
 def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False,
             timeout: float = UNMOUNT_TIMEOUT_S) -> dict[str, Any]:
     """Unmount and wait for the daemon's final CP; returns its final state document."""
-    mp = Path(os.path.abspath(mountpoint))
+    mp = Path(os.path.realpath(mountpoint))
     if mount_type(mp) != FSTYPE:
         raise UnmountError(mp, "not a mirrorfs mount point")
     path = state_path(mp)
