@@ -1,10 +1,19 @@
-"""What every command shares: opening a volume from its arguments, JSON and progress output."""
+"""What every command shares: opening a volume from its arguments, JSON and progress output.
+
+Owns the choice between opening a volume's plexes and asking its daemon.
+Keeps: no command opens the plexes of a mounted volume. A command with a
+control-socket counterpart sends it there (``via_daemon``) and prints the
+reply exactly as it prints its own result; every other command refuses
+with one line naming the mount point (``refuse_if_mounted``, which
+``opened`` calls first), exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,6 +34,78 @@ class CliError(Exception):
     exit_code = 2
 
 
+class DaemonError(CliError):
+    """An error the daemon of a mounted volume replied with, and its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Mounted(CliError):
+    """The volume is mounted, and this command cannot go through its daemon."""
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def mount_of(volume: str) -> dict[str, Any] | None:
+    """The state document of the live mount of ``volume`` (a volume file), or None."""
+    from ..daemon import live_mounts
+
+    for doc in live_mounts():
+        vf = doc.get("volume")
+        if isinstance(vf, str) and _same_file(vf, volume):
+            return doc
+    return None
+
+
+def refuse_if_mounted(volume: str) -> None:
+    """Refuse a command that would open the plexes of a mounted volume."""
+    doc = mount_of(volume)
+    if doc is not None:
+        raise Mounted(f"{volume} is mounted at {doc.get('mountpoint')}; use the mounted file "
+                      "system, or unmount it first")
+
+
+def via_daemon(args: argparse.Namespace, command: str, cmd_args: dict[str, Any] | None = None,
+               *, writes: bool = False) -> tuple[bool, Any]:
+    """Run ``command`` in the daemon when the volume is mounted: (True, result).
+
+    Returns (False, None) when the volume is not mounted: the caller opens it
+    itself. The daemon chose the plexes when it mounted, so --plex and
+    --degraded are refused here, and so is --read-only on a command that
+    ``writes``.
+    """
+    from ..daemon._control import ControlUnavailable, request
+
+    doc = mount_of(args.volume)
+    if doc is None:
+        return False, None
+    mp = doc.get("mountpoint")
+    for flag, given in (("--plex", getattr(args, "plex", None)),
+                        ("--degraded", getattr(args, "degraded", False)),
+                        ("--read-only", writes and getattr(args, "read_only", False))):
+        if given:
+            raise Mounted(f"{args.volume} is mounted at {mp}; {flag} applies only to an "
+                          f"unmounted volume with {command}")
+    sock = doc.get("socket")
+    if not isinstance(sock, str):
+        raise Mounted(f"{args.volume} is mounted at {mp} by a daemon without a control "
+                      "socket; use the mounted file system, or unmount it first")
+    try:
+        reply = request(sock, command, cmd_args, mountpoint=str(mp))
+    except ControlUnavailable as e:
+        raise Mounted(f"{args.volume} is mounted at {mp}, but {e}") from None
+    if not reply.get("ok"):
+        raise DaemonError(str(reply.get("error")), int(reply.get("exit_code") or 1))
+    return True, reply.get("result")
+
+
 def add_volume_args(p: argparse.ArgumentParser, writes: bool) -> None:
     """The VOLUME argument and the options that decide which plexes open."""
     p.add_argument("volume", metavar="VOLUME", help="the volume file written by mkfs")
@@ -38,6 +119,7 @@ def add_volume_args(p: argparse.ArgumentParser, writes: bool) -> None:
 
 
 def open_volume(args: argparse.Namespace, writes: bool) -> Volume:
+    refuse_if_mounted(args.volume)
     read_only = not writes or bool(getattr(args, "read_only", False))
     return Volume.open(args.volume, read_only=read_only, only=args.plex,
                        degraded=args.degraded, cp_interval=None)

@@ -33,6 +33,7 @@ Options (-o, comma-separated, repeatable):
   default_permissions  the kernel checks permission bits on every access (without it,
                        only access(2) is checked, by mirrorfs)
   nosuid, nodev, noexec, fsname=NAME, max_read=BYTES   as for any FUSE file system
+  snapshot_every=INTERVAL, keep=N   as --snapshot-every and --keep
 
 A CP is committed every {CP_INTERVAL_S:.0f} seconds while data is dirty, on fsync and fdatasync,
 and on unmount. Unmount with `mirrorfs umount MOUNTPOINT` (it waits for the final
@@ -48,6 +49,12 @@ Each mount also has a state file in {runtime_dir()}/ (pid, volume, log).""")
                    help="mount even when a listed plex is missing or unreadable")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="mount options, e.g. -o allow_other,default_permissions,ro")
+    p.add_argument("--snapshot-every", metavar="INTERVAL", default=None,
+                   help="take a snapshot of kind scheduled (named sched-YYYYmmdd-HHMMSS, "
+                        "UTC) every INTERVAL, e.g. 15m, 1h, 1d (-o snapshot_every=15m)")
+    p.add_argument("--keep", metavar="N", default=None,
+                   help="with --snapshot-every: keep the newest N scheduled snapshots, "
+                        "deleting older ones (never other kinds; -o keep=N)")
     p.add_argument("--log", metavar="FILE", default=None,
                    help="log file (default: in the background VOLUME's name with suffix "
                         ".log, next to it; in the foreground stderr)")
@@ -72,7 +79,12 @@ Each mount also has a state file in {runtime_dir()}/ (pid, volume, log).""")
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    opts = MountOptions.parse(args.options)
+    specs = list(args.options)
+    if args.snapshot_every is not None:
+        specs.append(f"snapshot_every={args.snapshot_every}")
+    if args.keep is not None:
+        specs.append(f"keep={args.keep}")
+    opts = MountOptions.parse(specs)
     req = MountRequest.make(args.volume, args.mountpoint, opts, args.degraded, args.log)
     return mount(req, foreground=args.foreground, verbose=args.verbose,
                  ready_fd=args.ready_fd)

@@ -1,11 +1,11 @@
-"""plex offline|online|add|remove: change a volume's membership (volume not mounted)."""
+"""plex offline|online|add|remove: change a volume's membership (mounted: through its daemon)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ._common import Parser, add_volume_args, opened, print_json
+from ._common import Parser, add_volume_args, opened, print_json, via_daemon
 
 
 def register(sub: Any) -> None:
@@ -30,6 +30,15 @@ def register(sub: Any) -> None:
         p.set_defaults(func=func)
 
 
+def _via_daemon(args: argparse.Namespace) -> bool:
+    """Run the action in the daemon of a mounted volume and print its report."""
+    routed, doc = via_daemon(args, f"plex {args.plex_command}", {"target": args.target},
+                             writes=True)
+    if routed:
+        _report(args, doc["action"], doc["plex"], doc["state"])
+    return bool(routed)
+
+
 def _report(args: argparse.Namespace, action: str, spec: str, state: str) -> int:
     if args.json:
         print_json({"plex": spec, "action": action, "state": state})
@@ -39,24 +48,32 @@ def _report(args: argparse.Namespace, action: str, spec: str, state: str) -> int
 
 
 def cmd_offline(args: argparse.Namespace) -> int:
+    if _via_daemon(args):
+        return 0
     with opened(args, writes=True) as vol:
         slot = vol.plex_offline(args.target)
         return _report(args, "offline", slot.spec, slot.state.label)
 
 
 def cmd_online(args: argparse.Namespace) -> int:
+    if _via_daemon(args):
+        return 0
     with opened(args, writes=True) as vol:
         slot = vol.plex_online(args.target)
         return _report(args, "online", slot.spec, slot.state.label)
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    if _via_daemon(args):
+        return 0
     with opened(args, writes=True) as vol:
         slot = vol.plex_add(args.target)
         return _report(args, "added", slot.spec, slot.state.label)
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    if _via_daemon(args):
+        return 0
     with opened(args, writes=True) as vol:
         vol.plex_remove(args.target)
         return _report(args, "removed", args.target, "removed")

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..volume import Volume, parse_size
-from ._common import CliError, add_volume_args, human, print_json, progress
+from ._common import CliError, add_volume_args, human, print_json, progress, via_daemon
 
 
 def register(sub: Any) -> None:
@@ -51,24 +51,30 @@ def cmd_resync(args: argparse.Namespace) -> int:
             print("resync cancelled")
             return 1
     rate = parse_size(args.rate) if args.rate else None
-    vol = Volume.open(args.volume, read_only=args.dry_run or args.read_only, only=args.plex,
-                      degraded=args.degraded, cp_interval=None, prefer=args.prefer,
-                      split_ok=True)
-    try:
-        targets = sum(p.blocks for p in _plans(vol))
-        with progress("resync", targets) as tick:
-            report = vol.resync(dry_run=args.dry_run, verify=args.verify, rate=rate,
-                                prefer=args.prefer, discard_divergent=args.discard_divergent,
-                                progress=tick)
-    finally:
-        vol.close()
+    routed, doc = via_daemon(args, "resync", {
+        "dry_run": bool(args.dry_run), "verify": bool(args.verify), "rate": args.rate,
+        "prefer": args.prefer, "discard_divergent": bool(args.discard_divergent)},
+        writes=not args.dry_run)
+    if not routed:
+        vol = Volume.open(args.volume, read_only=args.dry_run or args.read_only,
+                          only=args.plex, degraded=args.degraded, cp_interval=None,
+                          prefer=args.prefer, split_ok=True)
+        try:
+            targets = sum(p.blocks for p in _plans(vol))
+            with progress("resync", targets) as tick:
+                report = vol.resync(dry_run=args.dry_run, verify=args.verify, rate=rate,
+                                    prefer=args.prefer,
+                                    discard_divergent=args.discard_divergent, progress=tick)
+        finally:
+            vol.close()
+        doc = report.as_dict()
     if args.json:
-        print_json(report.as_dict())
+        print_json(doc)
     else:
-        _print(report)
-    if report.split_brain and args.prefer is None:
+        _print(doc)
+    if doc["split_brain"] and args.prefer is None:
         return 1
-    return 1 if any(r.error for r in report.results) else 0
+    return 1 if any(r["error"] for r in doc["targets"]) else 0
 
 
 def _plans(vol: Volume) -> list[Any]:
@@ -80,26 +86,28 @@ def _plans(vol: Volume) -> list[Any]:
     return [plan_target(vol.store, t, src[0].spec) for t in target_slots(vol.store)]
 
 
-def _print(report: Any) -> None:
-    if report.nothing_to_do:
+def _print(doc: dict[str, Any]) -> None:
+    """The text of a resync report, from its JSON document (the daemon's reply too)."""
+    if not doc["plans"]:
         print("nothing to resync: every plex is in sync")
         return
-    if report.split_brain:
-        print(f"SPLIT BRAIN: {report.explanation}")
-    for r in report.rescued:
-        print(f"kept the divergent state as snapshot {r.snapshot} "
-              f"({r.blocks_copied} blocks copied into free space)")
-    for p in report.plans:
-        base = f"snapshot {p.base.name} (CP {p.base.cp})" if p.base else "nothing in common"
-        print(f"plan {p.target} <- {p.source}: base {base}; {p.blocks} blocks "
-              f"({human(p.bytes)}) in {p.extents} extents, about "
-              f"{p.estimate_seconds():.1f} s" + (f"  [{p.note}]" if p.note else ""))
-    for r in report.results:
-        if r.error:
-            print(f"resync {r.target}: FAILED: {r.error}")
+    if doc["split_brain"]:
+        print(f"SPLIT BRAIN: {doc['explanation']}")
+    for r in doc["rescued"]:
+        print(f"kept the divergent state as snapshot {r['snapshot']} "
+              f"({r['blocks_copied']} blocks copied into free space)")
+    for p in doc["plans"]:
+        b = p["base"]
+        base = f"snapshot {b['name']} (CP {b['cp']})" if b else "nothing in common"
+        print(f"plan {p['target']} <- {p['source']}: base {base}; {p['blocks']} blocks "
+              f"({human(p['bytes'])}) in {p['extents']} extents, about "
+              f"{p['estimated_seconds']:.1f} s" + (f"  [{p['note']}]" if p["note"] else ""))
+    for r in doc["targets"]:
+        if r["error"]:
+            print(f"resync {r['target']}: FAILED: {r['error']}")
             continue
-        rate = r.bytes_copied / r.seconds if r.seconds > 0 else 0.0
-        extra = f", resumed at block {r.resumed_from}" if r.resumed_from else ""
-        print(f"resync {r.target}: {r.blocks_copied} blocks ({human(r.bytes_copied)}) in "
-              f"{r.seconds:.2f} s ({human(rate)}/s){extra}"
-              + (", verified" if r.verified else "") + "; now in sync")
+        rate = r["bytes_copied"] / r["seconds"] if r["seconds"] > 0 else 0.0
+        extra = f", resumed at block {r['resumed_from']}" if r["resumed_from"] else ""
+        print(f"resync {r['target']}: {r['blocks_copied']} blocks ({human(r['bytes_copied'])}) "
+              f"in {r['seconds']:.2f} s ({human(rate)}/s){extra}"
+              + (", verified" if r["verified"] else "") + "; now in sync")

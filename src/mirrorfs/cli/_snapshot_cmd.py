@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ..ondisk import SnapshotRecord
-from ._common import CliError, Parser, add_volume_args, opened, print_json
+from ._common import CliError, Parser, add_volume_args, opened, print_json, via_daemon
 
 
 def register(sub: Any) -> None:
@@ -60,36 +60,44 @@ def snap_dict(r: SnapshotRecord) -> dict[str, object]:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    with opened(args, writes=True) as vol:
-        t0 = time.perf_counter()
-        rec = vol.snapshot(args.name)
-        ms = (time.perf_counter() - t0) * 1000
+    routed, doc = via_daemon(args, "snapshot create", {"name": args.name}, writes=True)
+    if not routed:
+        with opened(args, writes=True) as vol:
+            t0 = time.perf_counter()
+            rec = vol.snapshot(args.name)
+            ms = (time.perf_counter() - t0) * 1000
+        doc = {**snap_dict(rec), "milliseconds": round(ms, 2)}
     if args.json:
-        print_json({**snap_dict(rec), "milliseconds": round(ms, 2)})
+        print_json(doc)
     else:
-        print(f"snapshot {rec.name} created at CP {rec.cp} ({rec.guid})")
+        print(f"snapshot {doc['name']} created at CP {doc['cp']} ({doc['guid']})")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with opened(args, writes=False) as vol:
-        snaps = vol.snapshots()
+    routed, snaps = via_daemon(args, "snapshot list")
+    if not routed:
+        with opened(args, writes=False) as vol:
+            snaps = [snap_dict(r) for r in vol.snapshots()]
     if args.json:
-        print_json([snap_dict(r) for r in snaps])
+        print_json(snaps)
         return 0
     if not snaps:
         print("no snapshots")
-    for r in snaps:
-        d = snap_dict(r)
-        print(f"{r.name:<28} CP {r.cp:<8} {r.kind.label:<12} {d['created']}  {r.guid}")
+    for d in snaps:
+        print(f"{d['name']:<28} CP {d['cp']:<8} {d['kind']:<12} {d['created']}  {d['guid']}")
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    with opened(args, writes=True) as vol:
-        before = vol.store.alloc.free_blocks()
-        vol.delete_snapshot(args.name)
-        freed = vol.store.alloc.free_blocks() - before
+    routed, doc = via_daemon(args, "snapshot delete", {"name": args.name}, writes=True)
+    if routed:
+        freed = int(doc["freed_blocks"])
+    else:
+        with opened(args, writes=True) as vol:
+            before = vol.store.alloc.free_blocks()
+            vol.delete_snapshot(args.name)
+            freed = vol.store.alloc.free_blocks() - before
     print(f"snapshot {args.name} deleted; {freed} blocks freed")
     return 0
 

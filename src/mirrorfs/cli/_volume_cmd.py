@@ -1,4 +1,9 @@
-"""mkfs, status and fsck: making a volume and looking at it."""
+"""mkfs, status, fsck and scrub: making a volume and looking at it.
+
+``status_doc`` builds the status document for this command and for the
+daemon of a mounted volume alike, and the text is printed from that
+document, so `status` prints the same either way (likewise `scrub`).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,18 @@ import time
 from typing import Any
 
 from ..errors import MirrorfsError
-from ..fs import fsck, scrub
-from ..resync import examine, plan_target, target_slots
+from ..fs import Finding, fsck, scrub
+from ..resync import examine, examine_plexes, plan_target, target_slots
 from ..volume import Volume, VolumeFile, parse_size
-from ._common import add_volume_args, human, opened, print_json, progress
+from ._common import (
+    add_volume_args,
+    human,
+    opened,
+    print_json,
+    progress,
+    refuse_if_mounted,
+    via_daemon,
+)
 
 
 def register(sub: Any) -> None:
@@ -60,6 +73,8 @@ def register(sub: Any) -> None:
 
 def cmd_mkfs(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
+    if os.path.exists(args.volume):
+        refuse_if_mounted(args.volume)
     if os.path.exists(args.volume) and not args.force:
         from ._common import CliError
 
@@ -89,67 +104,105 @@ def cmd_mkfs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    vf = VolumeFile.load(args.volume)
-    specs = [vf.resolve(p) for p in (args.plex or vf.plexes)]
-    exam = examine(specs, vf.uuid, vf.size)
+def status_doc(vf: VolumeFile, only: list[str] | None = None, vol: Volume | None = None
+               ) -> dict[str, Any]:
+    """The document `status --json` prints, for the offline command and the daemon alike.
+
+    Offline (``vol`` None) it examines the plexes named by the volume file
+    (or ``only``) and opens the volume read-only for space and plans. In the
+    daemon ``vol`` is the mounted volume: its open plexes are examined under
+    the store lock (no CP lands half-way), and plexes it does not hold are
+    reported missing.
+    """
+    specs = [vf.resolve(p) for p in (only or vf.plexes)]
+    if vol is None:
+        exam = examine(specs, vf.uuid, vf.size)
+    else:
+        with vol.store.lock:
+            open_slots = {s.spec: s.plex for s in vol.mirror.slots}
+            exam = examine_plexes([open_slots[s] for s in specs if s in open_slots], vf.uuid,
+                                  vf.size, [(s, "not open in the mounted volume")
+                                            for s in specs if s not in open_slots])
     doc = exam.as_dict()
+    for rep, d in zip(exam.plexes, doc["plexes"], strict=True):  # type: ignore[call-overload]
+        d["timestamp_ns"] = rep.sb.timestamp_ns if rep.sb else None
     doc["volume"] = str(vf.path)
     doc["size"] = vf.size
     doc["block_size"] = vf.block_size
     space = None
     plans: list[dict[str, object]] = []
+
+    def measure(v: Volume) -> None:
+        nonlocal space, plans
+        st = v.store.statistics()
+        space = {"total_bytes": st.total_blocks * v.store.block_size,
+                 "free_bytes": st.free_blocks * v.store.block_size}
+        source = v.mirror.in_sync()[0].spec
+        plans = [plan_target(v.store, t, source).as_dict() for t in target_slots(v.store)]
+
     if exam.up_to_date is not None:
-        try:
-            vol = Volume.open(args.volume, read_only=True, only=args.plex, degraded=True,
-                              cp_interval=None)
-        except MirrorfsError as e:
-            doc["open_error"] = str(e)  # status reports what it can when the volume won't open
+        if vol is not None:
+            with vol.store.lock:
+                measure(vol)
         else:
             try:
-                st = vol.store.statistics()
-                space = {"total_bytes": st.total_blocks * vol.store.block_size,
-                         "free_bytes": st.free_blocks * vol.store.block_size}
-                source = vol.mirror.in_sync()[0].spec
-                plans = [plan_target(vol.store, t, source).as_dict()
-                         for t in target_slots(vol.store)]
-            finally:
-                vol.close()
+                opened_vol = Volume.open(vf.path, read_only=True, only=only, degraded=True,
+                                         cp_interval=None)
+            except MirrorfsError as e:
+                doc["open_error"] = str(e)  # status reports what it can when it won't open
+            else:
+                try:
+                    measure(opened_vol)
+                finally:
+                    opened_vol.close()
     doc["space"] = space
     doc["plan"] = plans
-    code = 1 if exam.split_brain else 0
+    return doc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    routed, doc = via_daemon(args, "status")
+    if not routed:
+        doc = status_doc(VolumeFile.load(args.volume), args.plex)
+    code = 1 if doc["split_brain"] else 0
     if args.json:
         print_json(doc)
         return code
-    print(f"volume {vf.uuid}  ({human(vf.size)}, {vf.block_size}-byte blocks)")
+    print_status(doc)
+    return code
+
+
+def print_status(doc: dict[str, Any]) -> None:
+    space = doc["space"]
+    print(f"volume {doc['volume_uuid']}  ({human(doc['size'])}, {doc['block_size']}-byte "
+          "blocks)")
     if space:
         used = space["total_bytes"] - space["free_bytes"]
         print(f"space: {human(used)} used, {human(space['free_bytes'])} free")
-    print(f"up to date: {exam.up_to_date.spec if exam.up_to_date else 'none'}"
-          + ("   SPLIT BRAIN" if exam.split_brain else ""))
-    for rep in exam.plexes:
-        sb = rep.sb
-        if sb is None:
-            print(f"\nplex {rep.spec}: {rep.state}" + (f" ({rep.error})" if rep.error else ""))
+    print(f"up to date: {doc['up_to_date'] or 'none'}"
+          + ("   SPLIT BRAIN" if doc["split_brain"] else ""))
+    for rep in doc["plexes"]:
+        if rep["cp"] is None:
+            print(f"\nplex {rep['spec']}: {rep['state']}"
+                  + (f" ({rep['error']})" if rep["error"] else ""))
             continue
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sb.timestamp_ns / 1e9))
-        print(f"\nplex {sb.plex_ordinal}: {rep.spec}")
-        recorded = f" (recorded {rep.recorded})" if rep.recorded else ""
-        print(f"  state {rep.state}{recorded}, CP {sb.cp} ({sb.cp_id}) at {when}")
-        print(f"  plex {sb.plex_uuid}")
-        if rep.snapshots:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rep["timestamp_ns"] / 1e9))
+        print(f"\nplex {rep['ordinal']}: {rep['spec']}")
+        recorded = f" (recorded {rep['recorded_state']})" if rep["recorded_state"] else ""
+        print(f"  state {rep['state']}{recorded}, CP {rep['cp']} ({rep['cp_id']}) at {when}")
+        print(f"  plex {rep['plex_uuid']}")
+        if rep["snapshots"]:
             print("  snapshots:")
-            for r in rep.snapshots:
-                print(f"    {r.name:<24} CP {r.cp:<8} {r.kind.label:<12} {r.guid}")
-    for p in plans:
+            for r in rep["snapshots"]:
+                print(f"    {r['name']:<24} CP {r['cp']:<8} {r['kind']:<12} {r['guid']}")
+    for p in doc["plan"]:
         base = p["base"]
         since = f"snapshot {base['name']} (CP {base['cp']})" if isinstance(base, dict) else (
             "nothing in common: full copy")
         print(f"\nresync plan for {p['target']} from {p['source']}: {p['blocks']} blocks "
-              f"({human(int(p['bytes']))}, {p['extents']} extents) since {since}")  # type: ignore[call-overload]
-    if exam.split_brain:
+              f"({human(int(p['bytes']))}, {p['extents']} extents) since {since}")
+    if doc["split_brain"]:
         print("\nsplit brain: resync refuses until --prefer PLEX names the survivor")
-    return code
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
@@ -169,21 +222,26 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:
-    with opened(args, writes=True) as vol:
-        total = vol.store.nblocks - vol.store.alloc.free_blocks()
-        t0 = time.perf_counter()
-        with progress("scrub", total) as tick:
-            report = scrub(vol.store, progress=tick)
-        seconds = time.perf_counter() - t0
-    doc = report.as_scrub_dict()
-    doc["seconds"] = round(seconds, 3)
+    routed, doc = via_daemon(args, "scrub", {"read_only": bool(args.read_only)})
+    if not routed:
+        with opened(args, writes=True) as vol:
+            total = vol.store.nblocks - vol.store.alloc.free_blocks()
+            t0 = time.perf_counter()
+            with progress("scrub", total) as tick:
+                report = scrub(vol.store, progress=tick)
+            seconds = time.perf_counter() - t0
+        doc = report.as_scrub_dict()
+        doc["seconds"] = round(seconds, 3)
     if args.json:
         print_json(doc)
     else:
-        for f in report.findings:
-            print(f)
-        errs = ", ".join(f"{k}: {v}" for k, v in report.errors_by_plex.items()) or "none"
-        lost = len(doc["unrecoverable"])  # type: ignore[arg-type]
-        print(f"scrub: {report.blocks_checked} blocks checked in {seconds:.1f} s; errors "
-              f"{errs}; {report.repaired} repaired; {lost} unrecoverable")
-    return 0 if report.clean else 1
+        print_scrub(doc)
+    return 1 if doc["unrecoverable"] or doc["other_findings"] else 0
+
+
+def print_scrub(doc: dict[str, Any]) -> None:
+    for f in [*doc["unrecoverable"], *doc["other_findings"]]:
+        print(Finding(**f))
+    errs = ", ".join(f"{k}: {v}" for k, v in doc["errors"].items()) or "none"
+    print(f"scrub: {doc['blocks_checked']} blocks checked in {doc['seconds']:.1f} s; errors "
+          f"{errs}; {doc['repaired']} repaired; {len(doc['unrecoverable'])} unrecoverable")

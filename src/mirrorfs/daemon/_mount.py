@@ -16,13 +16,21 @@ exits. A fresh process, not a fork of the command: the volume starts its CP
 timer thread when it opens, and a thread does not survive a fork.
 
 State file. Each mount has ``RUNTIME_DIR/mount-<hash of mountpoint>.json``
-(pid, volume, mountpoint, log, state). The daemon holds an exclusive
+(pid, volume, mountpoint, log, state, and ``socket``: the control socket
+``mount-<hash>.sock`` through which other commands reach the volume, see
+``_control``). The daemon holds an exclusive
 ``flock`` on it for its whole life, so a held lock means a live daemon,
 with no pid to reuse; it writes the outcome of its final CP into the file,
 removes it, and exits. ``umount`` runs ``fusermount3 -u`` and then waits for
 that lock, so when it returns the final CP is on every plex. A daemon killed
 with SIGKILL leaves the file behind unlocked; the plexes hold its last
 committed CP and nothing else needs doing.
+
+Control and schedule. Before reporting "ok" the daemon listens on its
+control socket, so a mount command that returned means the socket answers;
+with ``--snapshot-every`` (``-o snapshot_every=``) it also starts the
+snapshot timer. At the end both stop before the final CP: the timer first,
+then the socket, which waits (boundedly) for requests under way.
 
 Signals. SIGTERM, SIGINT and SIGHUP are blocked from the start of ``serve``
 until trio's signal receiver runs, so one arriving while the volume opens
@@ -66,6 +74,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FLAG_OPTIONS = frozenset({"allow_other", "allow_root", "default_permissions", "ro", "rw",
                           "nosuid", "suid", "nodev", "dev", "noexec", "exec"})
 VALUE_OPTIONS = frozenset({"fsname", "max_read"})
+SCHEDULE_OPTIONS = frozenset({"snapshot_every", "keep"})  # ours: never passed to FUSE
 CONTRADICTIONS = (("allow_other", "allow_root"), ("ro", "rw"), ("nosuid", "suid"),
                   ("nodev", "dev"), ("noexec", "exec"))
 
@@ -111,16 +120,28 @@ class MountOptions:
 
     fuse: tuple[str, ...] = ()
     read_only: bool = False
+    snapshot_every: float | None = None  # seconds between scheduled snapshots
+    keep: int | None = None  # most scheduled snapshots kept (None: all)
+    schedule_spec: tuple[str, ...] = ()  # the schedule options as given, for the daemon
 
     @classmethod
     def parse(cls, specs: Sequence[str]) -> MountOptions:
+        from ._control import parse_duration
+
         seen: list[str] = []
+        sched: dict[str, str] = {}
         for spec in specs:
             for opt in spec.split(","):
                 opt = opt.strip()
                 if not opt:
                     continue
                 key, eq, value = opt.partition("=")
+                if key in SCHEDULE_OPTIONS and eq and value:
+                    if sched.get(key, value) != value:
+                        raise UsageError(f"-o {key}={sched[key]} and -o {opt} contradict "
+                                         "each other; give one")
+                    sched[key] = value
+                    continue
                 if key in FLAG_OPTIONS and not eq:
                     pass
                 elif key in VALUE_OPTIONS and eq and value:
@@ -129,7 +150,8 @@ class MountOptions:
                     if not value.isascii() or "," in value:
                         raise UsageError(f"-o {opt}: use ASCII without commas")
                 else:
-                    accepted = sorted(FLAG_OPTIONS) + [f"{k}=..." for k in sorted(VALUE_OPTIONS)]
+                    accepted = sorted(FLAG_OPTIONS) + [f"{k}=..." for k in
+                                                       sorted(VALUE_OPTIONS | SCHEDULE_OPTIONS)]
                     raise UsageError(f"unknown mount option -o {opt} (accepted: "
                                      f"{', '.join(accepted)})")
                 if opt not in seen:
@@ -137,7 +159,18 @@ class MountOptions:
         for a, b in CONTRADICTIONS:
             if a in seen and b in seen:
                 raise UsageError(f"-o {a} and -o {b} contradict each other; give one")
-        return cls(tuple(seen), "ro" in seen)
+        every = parse_duration(sched["snapshot_every"]) if "snapshot_every" in sched else None
+        keep: int | None = None
+        if "keep" in sched:
+            if not sched["keep"].isdigit() or int(sched["keep"]) < 1:
+                raise UsageError(f"--keep {sched['keep']}: give a whole number, at least 1")
+            if every is None:
+                raise UsageError("--keep needs --snapshot-every (it counts scheduled snapshots)")
+            keep = int(sched["keep"])
+        if every is not None and "ro" in seen:
+            raise UsageError("--snapshot-every and -o ro contradict each other; give one")
+        return cls(tuple(seen), "ro" in seen, every, keep,
+                   tuple(f"{k}={v}" for k, v in sorted(sched.items())))
 
     def for_fuse(self, volume: Path) -> set[str]:
         """The option set for ``pyfuse3.init``: ours, plus a source name and our subtype."""
@@ -151,7 +184,7 @@ class MountOptions:
         return opts
 
     def as_arg(self) -> str:
-        return ",".join(self.fuse)
+        return ",".join(self.fuse + self.schedule_spec)
 
 
 # -- /proc/self/mountinfo --------------------------------------------------------
@@ -348,7 +381,7 @@ def _start_daemon(req: MountRequest, verbose: bool) -> None:
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "mirrorfs", *(["-v"] if verbose else []), "mount",
            "--foreground", "--ready-fd", str(w), "--log", str(log_file)]
-    if req.options.fuse:
+    if req.options.as_arg():
         cmd += ["-o", req.options.as_arg()]
     if req.degraded:
         cmd.append("--degraded")
@@ -438,6 +471,7 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
     """
     import pyfuse3
 
+    from ._control import ControlServer, SnapshotSchedule, SnapshotTimer, socket_path
     from ._fuse import FuseOperations
 
     if ready_fd is not None:  # stderr is the log file already
@@ -451,7 +485,7 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
         state = _StateFile.claim(mp, {
             "pid": os.getpid(), "volume": str(req.volume), "mountpoint": str(mp),
             "log": str(req.log_file) if req.log_file else None, "state": "mounting",
-            "options": list(req.options.fuse)})
+            "options": list(req.options.fuse), "socket": str(socket_path(state_path(mp)))})
     except MirrorfsError as e:
         return ready.failed(e)
     try:
@@ -467,6 +501,20 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
         except Exception as e:
             _close_volume(vol, state)
             return ready.failed(MountError(mp, said[-1] if said else str(e)))
+        control = ControlServer(vol, socket_path(state.path))
+        timer = None
+        if req.options.snapshot_every is not None:
+            timer = SnapshotTimer(vol, SnapshotSchedule(req.options.snapshot_every,
+                                                        req.options.keep))
+        try:
+            control.start()
+        except OSError as e:
+            log.error("control socket %s: %s", control.path, e)
+            pyfuse3.close(unmount=True)
+            _close_volume(vol, state)
+            return ready.failed(MountError(mp, f"cannot listen on {control.path}: {e}"))
+        if timer is not None:
+            timer.start()
         state.update(state="mounted")
         log.info("mounted %s on %s (%s)", req.volume, mp,
                  ",".join(sorted(req.options.for_fuse(req.volume))))
@@ -482,6 +530,9 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
                 pyfuse3.close(unmount=True)
             except Exception:
                 log.exception("unmounting failed")
+            if timer is not None:
+                timer.stop()
+            control.stop()
             ops.close_all()
         return _close_volume(vol, state)
     finally:

@@ -118,12 +118,16 @@ class Resync:
 
     # -- steps ----------------------------------------------------------------
 
-    def _begin(self) -> dict[int, int]:
-        """Step 1: make every target a resync target; returns each one's start cursor."""
+    def begin(self) -> dict[int, int]:
+        """Step 1: make every target a resync target; returns each one's start cursor.
+
+        Call it under the store lock that computed the plans, with nothing
+        committed in between: a CP between plan and here would reach the
+        source only, and its blocks are in no plan.
+        """
         st = self.store
         starts: dict[int, int] = {}
         with st.lock:
-            st.commit()
             source = st.mirror.in_sync()[0]
             for slot, plan in self.plans:
                 old = slot.resync
@@ -244,8 +248,9 @@ class Resync:
                 st.create_snapshot(f"post-resync-cp{st.cp + 1}", SnapKind.POST_RESYNC)
                 prune_post_resync(st)
 
-    def run(self) -> list[TargetResult]:
-        starts = self._begin()
+    def run(self, starts: dict[int, int] | None = None) -> list[TargetResult]:
+        if starts is None:  # dirty data goes out with begin's CP, which reaches the targets
+            starts = self.begin()
         self._copy(starts)
         self._finish()
         return [self.results[id(s)] for s, _ in self.plans]

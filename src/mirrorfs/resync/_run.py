@@ -129,9 +129,12 @@ def resync_volume(vol: Volume, *, dry_run: bool = False, verify: bool = False,
                 report.rescued += rescue(store, d, common)
             plans = {id(t): plan_target(store, t, source.spec) for t in targets}
         report.plans = [plans[id(t)] for t in targets]
-    job = Resync(store, [(t, plans[id(t)]) for t in targets], verify=verify, rate=rate,
-                 progress=progress, throttle=throttle)
-    report.results = job.run()
+        job = Resync(store, [(t, plans[id(t)]) for t in targets], verify=verify, rate=rate,
+                     progress=progress, throttle=throttle)
+        # Still under the lock that planned: the targets take every CP from here on, so
+        # no block committed after the plan can miss them (the plan holds all before).
+        starts = job.begin()
+    report.results = job.run(starts)
     return report
 
 
