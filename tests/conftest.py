@@ -8,13 +8,22 @@ expected is a bug nobody saw.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from mirrorfs.volume import Volume
+
+
+# CI replays the same examples every run (a red CI must mean a change broke
+# something); local runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 class _Expected:

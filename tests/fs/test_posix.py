@@ -17,7 +17,6 @@ import os
 import random
 import stat
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,8 +143,7 @@ def test_one_tib_file_on_a_small_volume(volume: Volume) -> None:
     assert st.size == TIB
     assert st.blocks == SECTORS_PER_BLOCK
     assert volume.statfs().free < free0
-    volume.close()
-    vol = Volume.open(volume.volume_file.path if volume.volume_file else "", cp_interval=None)
+    vol = reopen(volume)
     try:
         ino = vol.stat("/huge").ino
         assert vol.fs.read(ino, TIB - 10, 100) == b"0123456789"
@@ -176,21 +174,28 @@ def _fill(vol: Volume, path: str, n: int) -> list[bytes]:
     return names
 
 
-def _reads_per_lookup(vol: Volume, path: str, names: list[bytes], k: int) -> list[int]:
-    """Plex reads each of ``k`` random lookups costs, on a cold cache."""
+def _reads_per_lookup(vol: Volume, path: str, names: list[bytes], k: int
+                      ) -> tuple[list[int], list[int]]:
+    """Plex reads and blocks read by each of ``k`` random lookups (and a failing one)."""
     fs = vol.fs
     dino = fs.resolve(path)
     rng = random.Random(path)
-    out = []
+    reads, blocks = [], []
+
+    def measure(name: bytes, found: bool) -> None:
+        st0 = vol.mirror.statistics()
+        if found:
+            assert fs.lookup(dino, name) > ROOT_INO
+        else:
+            raises_errno(errno.ENOENT, fs.lookup, dino, name)
+        st1 = vol.mirror.statistics()
+        reads.append(st1.reads - st0.reads)
+        blocks.append((st1.read_bytes - st0.read_bytes) // BS)
+
     for name in rng.sample(names, k):
-        r0 = vol.mirror.statistics().reads
-        got = fs.lookup(dino, name)
-        out.append(vol.mirror.statistics().reads - r0)
-        assert got > ROOT_INO
-    r0 = vol.mirror.statistics().reads
-    raises_errno(errno.ENOENT, fs.lookup, dino, b"no-such-entry")
-    out.append(vol.mirror.statistics().reads - r0)
-    return out
+        measure(name, True)
+    measure(b"no-such-entry", False)
+    return reads, blocks
 
 
 def test_directory_of_100k_entries_lookup_reads_constant_blocks(volume: Volume) -> None:
@@ -205,19 +210,38 @@ def test_directory_of_100k_entries_lookup_reads_constant_blocks(volume: Volume) 
         assert 1 << depth >= 256  # a scan would read at least this many buckets
         vol.fs.lookup(ROOT_INO, b"big")  # load the root, the object table and its nodes
         vol.fs.lookup(ROOT_INO, b"small")
-        per_small = _reads_per_lookup(vol, "/small", small, 200)
-        per_big = _reads_per_lookup(vol, "/big", big, 200)
+        per_small, _ = _reads_per_lookup(vol, "/small", small, 200)
+        per_big, blocks_big = _reads_per_lookup(vol, "/big", big, 200)
         # a bucket leaf plus at most the directory tree's nodes on the way to it
         height = vol.fs.objects.inode(vol.stat("/big").ino).height
         assert max(per_big) <= height + 1, per_big
         assert max(per_big) <= max(per_small) + 2, (per_small, per_big)
         assert sum(per_big) <= 2 * len(per_big)
+        # in blocks too: a few nodes (with their read-ahead) and one leaf, never the buckets
+        assert max(blocks_big) <= 40 < 1 << depth, blocks_big
         listed = vol.listdir("/big")
         assert len(listed) == 100_000
         assert sorted(n.encode() for n in listed) == big
         assert sorted(n.encode() for n in vol.listdir("/small")) == small
     finally:
         vol.close()
+
+
+def test_removing_a_directory_emptied_in_the_same_cp_frees_its_blocks(volume: Volume) -> None:
+    """A directory whose last entry is removed and which is then removed itself, all within
+    one CP, gives back its bucket block: nothing leaks, and free space is what it was
+    before the directory was made."""
+    volume.sync()
+    free0 = volume.statfs().free
+    volume.mkdir("/a")
+    volume.mkdir("/a/b")
+    volume.write_bytes("/a/f", b"x")
+    volume.sync()
+    volume.rmdir("/a/b")
+    volume.unlink("/a/f")
+    volume.rmdir("/a")
+    assert_clean(volume)
+    assert volume.statfs().free == free0
 
 
 # -- symlinks and hard links -------------------------------------------------------
@@ -697,7 +721,7 @@ def test_file_object_text_mode(volume: Volume) -> None:
         assert f.read().splitlines() == ["alpha", "beta", "gamma", "delta"]
 
 
-def test_big_write_through_the_file_object(volume: Volume, tmp_path: Path) -> None:
+def test_big_write_through_the_file_object(volume: Volume) -> None:
     """A multi-megabyte write and unaligned reads through the buffered file object return
     exactly the bytes written, before and after a reopen."""
     data = os.urandom((5 << 20) + 123)

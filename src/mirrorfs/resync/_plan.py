@@ -87,6 +87,11 @@ def _held_by_target(store: Store, slot: PlexSlot) -> tuple[list[SnapshotRecord],
     cur = by_guid.get(sb.cp_id)
     if cur is not None and _same_roots(cur, sb):
         held.append(cur)
+        # CP n+1 never overwrites a block of CP n: a plex at n+1 holds n too (a plex that
+        # failed writing its n+1 superblock has both pinned for it).
+        prev = by_guid.get(sb.prev_cp_id)
+        if prev is not None and prev.cp == sb.cp - 1 and prev not in held:
+            held.append(prev)
     try:
         theirs = read_plex_snapshots(slot.plex, sb)
     except MirrorfsError:

@@ -203,8 +203,15 @@ class ObjectTable(ObjectView):
         self.set_inode(ino, dataclasses.replace(ind, size=size))
 
     def release(self, ino: int) -> None:
-        """Free an object: drop all its blocks and clear its record."""
-        self.truncate(ino, 0)
+        """Free an object: drop all its blocks and clear its record.
+
+        Every leaf goes, whatever ``size`` says: a directory's size counts entries, not
+        bytes, and an empty one may still hold a bucket leaf until the next CP.
+        """
+        self._check()
+        tree = self.tree(ino)
+        for lb in tree.nonnull_leaves(0, tree.capacity()).tolist() + list(tree.dirty):
+            tree.dirty[lb] = None
         self.set_inode(ino, dataclasses.replace(Inode(), root=self.inode(ino).root,
                                                 height=self.inode(ino).height))
         self._freed.add(ino)

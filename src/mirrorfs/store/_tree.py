@@ -241,9 +241,11 @@ class Tree:
             self.height += 1
             node = null_ptrs(self.fanout)
             node[0] = old_root[0]
-            if old_root["blk"][0] == 0 and (self.height - 1, 0) in self._cp_nodes:
+            below = self._cp_nodes.get((self.height - 1, 0))
+            if old_root["blk"][0] == 0 and below is not None and below["blk"].any():
                 # growth by several levels: the node grown just below hangs only from
-                # here, and no dirty leaf need pass through it, so place it now
+                # here, and no dirty leaf need pass through it, so place it now (an
+                # all-hole node gets no block: seal writes only nodes that hold something)
                 node["blk"][0] = space.allocate(1)[0]
                 node["birth"][0] = cp
                 self._cp_placed.add((self.height - 1, 0))
