@@ -18,7 +18,6 @@ from hypothesis import settings
 
 from mirrorfs.volume import Volume
 
-
 # CI replays the same examples every run (a red CI must mean a change broke
 # something); local runs keep exploring new ones.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
