@@ -22,6 +22,7 @@ Concurrency. A tree is used under the store lock only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -114,7 +115,9 @@ class Tree:
         # the batch is one coalesced read and the next sequential reads hit the cache.
         ahead = np.flatnonzero(node["blk"][i0 : min(self.fanout, i1 + NODE_READAHEAD)]) + i0
         if len(ahead):
-            self.src.read_nodes(node[ahead], self.what)
+            # read-ahead only: a bad node this read needs is read (and fails) below
+            with contextlib.suppress(CorruptBlock):
+                self.src.read_nodes(node[ahead], self.what)
         for i in want.tolist():
             self._collect(node[i], level - 1, first + i * span, a, b, out, base)
 
