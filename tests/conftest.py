@@ -39,8 +39,9 @@ def expect_log(caplog: pytest.LogCaptureFixture) -> Iterator[_Expected]:
     expected = _Expected()
     caplog.set_level(logging.WARNING, logger="mirrorfs")
     yield expected
+    records = caplog.get_records("setup") + caplog.get_records("call") + caplog.records
     unexpected = [
-        r for r in caplog.records
+        r for r in records
         if r.name.startswith("mirrorfs") and r.levelno >= logging.WARNING
         and not any(p.search(r.getMessage()) for p in expected.patterns)
     ]

@@ -764,6 +764,15 @@ class MirrorFile(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
+    def readall(self) -> bytes:
+        """The rest of the file in one read (RawIOBase's default reads 8 KiB at a time)."""
+        if not self._read:
+            raise io.UnsupportedOperation("not open for reading")
+        size = self._fs.getattr(self.ino).size
+        data = self._fs.read(self.ino, self._pos, max(0, size - self._pos))
+        self._pos += len(data)
+        return data
+
     def readinto(self, b: Any) -> int:
         if not self._read:
             raise io.UnsupportedOperation("not open for reading")

@@ -161,7 +161,13 @@ class _Walker:
 
 def fsck(store: Store, repair: bool = False,
          progress: Callable[[int], None] | None = None) -> FsckReport:
-    """Run every check on every image of the volume."""
+    """Run every check on every image of the volume (committing first, when writable).
+
+    The checks read committed trees; uncommitted changes would look like
+    unnamed inodes and leaked blocks.
+    """
+    if not store.read_only:
+        store.commit()
     report = FsckReport()
     seen = np.zeros(store.plane_words, dtype=np.uint64)
     images: list[tuple[str, ObjectView, np.ndarray | None]] = [("active", store.objects, None)]
