@@ -69,8 +69,9 @@ def fs_type(path: str | os.PathLike[str]) -> str:
 
 
 @contextlib.contextmanager
-def scratch_dir(arg: str | None, keep: bool = False) -> Iterator[Path]:
-    """A directory for images: ``arg`` if given, else a fresh one under /var/tmp.
+def scratch_dir(arg: str | None, keep: bool = False, base: Path = Path("/var/tmp"),
+                prefix: str = "mirrorfs-bench-") -> Iterator[Path]:
+    """A directory for images: ``arg`` if given, else a fresh one under ``base``.
 
     /var/tmp, not /tmp: /tmp is often tmpfs, and images in RAM measure nothing
     about a disk. A fresh directory is removed afterwards unless ``keep``.
@@ -80,7 +81,8 @@ def scratch_dir(arg: str | None, keep: bool = False) -> Iterator[Path]:
         p.mkdir(parents=True, exist_ok=True)
         made = False
     else:
-        p = Path(tempfile.mkdtemp(prefix="mirrorfs-bench-", dir="/var/tmp"))
+        base.mkdir(parents=True, exist_ok=True)
+        p = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
         made = True
     if fs_type(p) in ("tmpfs", "ramfs"):
         log(f"WARNING: {p} is on {fs_type(p)}; figures will not reflect a disk")
@@ -249,6 +251,27 @@ def dd_read(img: Path) -> Timed:
 
 
 # -- targets and output ------------------------------------------------------------
+
+
+def read_back(vol: Any, path: str, pattern: bytes, mib: int) -> tuple[float, float]:
+    """Read ``path`` back in 1 MiB calls, each compared with ``pattern``: (wall s, cpu s).
+
+    Exits with a message when the bytes differ from what was written, so a fast
+    wrong answer never becomes a figure.
+    """
+    buf = bytearray(len(pattern))
+    got = bad = 0
+    c0, t0 = time.process_time(), time.perf_counter()
+    with vol.open_file(path, "rb") as f:
+        while k := f.readinto(buf):
+            got += k
+            if k != len(pattern) or buf != pattern:
+                bad += 1
+    t1, c1 = time.perf_counter(), time.process_time()
+    if got != mib * len(pattern) or bad:
+        raise SystemExit(f"read {got} bytes of {path}, {bad} MiB differ from what was written "
+                         f"({mib * len(pattern)} bytes expected)")
+    return t1 - t0, c1 - c0
 
 
 def target(value: float, op: str, bound: float, unit: str, note: str = "") -> dict[str, Any]:

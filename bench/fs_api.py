@@ -46,7 +46,6 @@ DIR`` runs the tests under pyinstrument and writes ``DIR/<test>.txt`` and
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import time
@@ -70,6 +69,7 @@ from _common import (
     machine_info,
     maybe_profile,
     median,
+    read_back,
     scratch_dir,
     target,
     warn_if_busy,
@@ -154,26 +154,11 @@ def seq_read_cold(work: Path, mib: int, plexes: int, pattern: bytes,
     t0 = time.perf_counter()
     vol = Volume.open(work / "seq.toml", cp_interval=None)
     t_open = time.perf_counter() - t0
-    buf = bytearray(MIB)
-    bad = 0
-    n = 0
     with maybe_profile("seq_read_cold", prof):
-        c0, t0 = time.process_time(), time.perf_counter()
-        with vol.open_file("/seq", "rb") as f:
-            assert isinstance(f, io.BufferedIOBase)
-            while True:
-                got = f.readinto(buf)
-                if not got:
-                    break
-                n += got
-                if got != MIB or buf != pattern:
-                    bad += 1
-        t1, c1 = time.perf_counter(), time.process_time()
+        wall, cpu = read_back(vol, "/seq", pattern, mib)
     vol.close()
-    if n != mib * MIB or bad:
-        raise SystemExit(f"seq_read_cold: read {n} bytes, {bad} MiB differ from what was "
-                         f"written ({mib * MIB} bytes expected)")
-    mfs = Timed(t1 - t0, n)
+    n = mib * MIB
+    mfs = Timed(wall, n)
     log(f"  mirrorfs {mfs.mb_s:.0f} MB/s (open {t_open * 1000:.0f} ms); cache: {cache}")
 
     dd_cache = drop_cache([work / "dd.img"])
@@ -181,7 +166,7 @@ def seq_read_cold(work: Path, mib: int, plexes: int, pattern: bytes,
     log(f"  dd {dd.mb_s:.0f} MB/s")
     return {
         "bytes": n,
-        "mirrorfs": {**mfs.as_json(), "open_s": round(t_open, 4), "cpu_s": round(c1 - c0, 4)},
+        "mirrorfs": {**mfs.as_json(), "open_s": round(t_open, 4), "cpu_s": round(cpu, 4)},
         "dd": dd.as_json(),
         "ratio": round(mfs.mb_s / dd.mb_s, 4),
         "cache": cache,

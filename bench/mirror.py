@@ -51,7 +51,6 @@ is bound by the CPU or by the disk.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import subprocess
 import sys
@@ -75,6 +74,7 @@ from _common import (
     machine_info,
     maybe_profile,
     median,
+    read_back,
     scratch_dir,
     target,
     warn_if_busy,
@@ -172,33 +172,18 @@ def seq_read_cold(work: Path, mib: int, n: int, pattern: bytes, prof: Path | Non
     plexes = [CountingPlex(p) for p in _plex_paths(work, n)]
     vol = Volume.attach(plexes, cp_interval=None)
     t_open = time.perf_counter() - t0
-    buf = bytearray(MIB)
-    got = bad = 0
     stats0 = vol.mirror.statistics()
     counted0 = [p.read_bytes for p in plexes]
     with maybe_profile(f"seq_read_cold_{n}p", prof):
-        c0, t0 = time.process_time(), time.perf_counter()
-        with vol.open_file("/seq", "rb") as f:
-            assert isinstance(f, io.BufferedIOBase)
-            while True:
-                k = f.readinto(buf)
-                if not k:
-                    break
-                got += k
-                if k != MIB or buf != pattern:
-                    bad += 1
-        t1, c1 = time.perf_counter(), time.process_time()
+        wall, cpu = read_back(vol, "/seq", pattern, mib)
     stats1 = vol.mirror.statistics()
     per_plex = {p.spec: p.read_bytes - c for p, c in zip(plexes, counted0, strict=True)}
     vol.close()
-    if got != mib * MIB or bad:
-        raise SystemExit(f"seq_read_cold: read {got} bytes, {bad} MiB differ from what was "
-                         f"written ({mib * MIB} bytes expected)")
-    run = Timed(t1 - t0, got)
+    run = Timed(wall, mib * MIB)
     spread = ", ".join(f"{v / MIB:.0f}" for v in per_plex.values())
-    log(f"  read {n} plex(es), cold: {run.mb_s:.0f} MB/s (cpu {c1 - c0:.2f} s, open "
+    log(f"  read {n} plex(es), cold: {run.mb_s:.0f} MB/s (cpu {cpu:.2f} s, open "
         f"{t_open * 1000:.0f} ms, MiB per plex: {spread})")
-    return {**run.as_json(), "open_s": round(t_open, 4), "cpu_s": round(c1 - c0, 4),
+    return {**run.as_json(), "open_s": round(t_open, 4), "cpu_s": round(cpu, 4),
             "mirror_reads": stats1.reads - stats0.reads,
             "mirror_read_bytes": stats1.read_bytes - stats0.read_bytes,
             "per_plex_read_bytes": per_plex, "cache": cache}

@@ -95,7 +95,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -110,12 +109,12 @@ from _common import (
     MIB,
     RESULTS_DIR,
     emit,
-    fs_type,
     loadavg,
     log,
     machine_info,
     maybe_profile,
     median,
+    scratch_dir,
     target,
     warn_if_busy,
 )
@@ -917,26 +916,6 @@ def source_state() -> dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def bench_dir(arg: str | None, keep: bool) -> Iterator[Path]:
-    """``--dir`` as given, else a fresh directory under /var/tmp/mirrorfs-bench."""
-    if arg is not None:
-        p = Path(arg).resolve()
-        p.mkdir(parents=True, exist_ok=True)
-        made = False
-    else:
-        DEFAULT_BASE.mkdir(parents=True, exist_ok=True)
-        p = Path(tempfile.mkdtemp(prefix="resync-", dir=DEFAULT_BASE))
-        made = True
-    if fs_type(p) in ("tmpfs", "ramfs"):
-        log(f"WARNING: {p} is on {fs_type(p)}; figures will not reflect a disk")
-    try:
-        yield p
-    finally:
-        if made and not keep:
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     ap.add_argument("--dir", help="scratch dir on a real disk (default: a fresh dir under "
@@ -967,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0 and not args.no_btrfs:
         ap.error("btrfs needs root (loop devices, mount); use --no-btrfs")
 
-    with bench_dir(args.dir, args.keep) as work:
+    with scratch_dir(args.dir, args.keep, base=DEFAULT_BASE, prefix="resync-") as work:
         doc: dict[str, Any] = {"benchmark": "resync", "machine": machine_info(work),
                                "mirrorfs_source": source_state()}
         doc["config"] = {"quick": args.quick, "workloads": chosen, "repeat": args.repeat,
