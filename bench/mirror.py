@@ -150,6 +150,10 @@ class CountingPlex:
         self.read_bytes += length
         return self.inner.read(offset, length)
 
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        self.read_bytes += len(buf)
+        self.inner.readinto(offset, buf)
+
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
         self.inner.writev(offset, bufs)
 

@@ -5,9 +5,14 @@ gets matches the checksum its parent pointer holds; a plex that fails a write
 or a flush leaves the set of writable plexes at once, and the volume goes on
 while at least ``min_plexes`` remain.
 
-Reads. A read goes to one in-sync plex (spread by a rotating start); a
-checksum mismatch or an I/O error retries the block on the next in-sync
-plex and, on success, rewrites the good bytes onto the plex that failed.
+Reads. A read goes to one in-sync plex, chosen by the region of the volume
+the blocks lie in (READ_REGION_BLOCKS): a sequential read stays on one plex
+long enough for that plex's read-ahead to work, and different regions (files
+placed apart, concurrent readers) spread over the plexes. A checksum
+mismatch or an I/O error retries the block on the next in-sync plex and, on
+success, rewrites the good bytes onto the plex that failed. Reads land
+directly in the caller's buffer (``read_into``): no allocation per block or
+per run on the hot path.
 
 Writes. ``write_blocks`` sorts and coalesces blocks into runs and issues one
 ``writev`` per run per plex; plexes are written in parallel threads (file
@@ -17,8 +22,8 @@ I/O releases the GIL).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_RUN_BLOCKS = 1024  # longest run read or written in one call (4 MiB at 4 KiB blocks)
 CHECK_BATCH = 4096  # blocks verified at once per plex by check() (16 MiB at 4 KiB blocks)
+READ_REGION_BLOCKS = 16384  # blocks read from one plex before the next region's (64 MiB)
 
 
 @dataclasses.dataclass(eq=False)
@@ -100,6 +106,21 @@ def runs(blks: npt.NDArray[np.uint64], limit: int = MAX_RUN_BLOCKS) -> list[tupl
     return out
 
 
+def spans(blks: npt.NDArray[np.uint64], pos: npt.NDArray[np.int64],
+          limit: int = MAX_RUN_BLOCKS) -> list[tuple[int, int]]:
+    """(start, end) index runs where both the blocks and their buffer positions ascend by one."""
+    n = len(blks)
+    if n == 0:
+        return []
+    brk = (np.diff(blks.astype(np.int64)) != 1) | (np.diff(pos) != 1)
+    bounds = np.concatenate(([0], np.flatnonzero(brk) + 1, [n])).tolist()
+    out: list[tuple[int, int]] = []
+    for s, e in itertools.pairwise(bounds):
+        for a in range(s, e, limit):
+            out.append((a, min(e, a + limit)))
+    return out
+
+
 class MirrorSet:
     """The plexes of one volume seen as one verified block device."""
 
@@ -116,8 +137,7 @@ class MirrorSet:
         self.nblocks = nblocks
         self.volume_bytes = nblocks * block_size
         self.min_plexes = min_plexes
-        self._rr = 0
-        self._lock = threading.Lock()
+        self.read_shift = 0  # turns which plex serves which region (tests force a plex)
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.slots)),
                                         thread_name_prefix="plex")
         self._reads = self._read_bytes = self._writes = self._write_bytes = 0
@@ -178,6 +198,10 @@ class MirrorSet:
         self._read_bytes += len(data)
         return data
 
+    def reader_for(self, blk: int, readers: Sequence[PlexSlot]) -> PlexSlot:
+        """The plex that serves block ``blk`` first: one per region, in turn."""
+        return readers[(blk // READ_REGION_BLOCKS + self.read_shift) % len(readers)]
+
     def read_verified(self, ptrs: PtrArray, what: str = "") -> list[bytes | memoryview]:
         """The blocks ``ptrs`` point at, each checked against its pointer's checksum.
 
@@ -186,43 +210,58 @@ class MirrorSet:
         every in-sync plex raises CorruptBlock naming ``what`` and the block.
         """
         n = len(ptrs)
-        out: list[bytes | memoryview] = [b""] * n
         if n == 0:
-            return out
+            return []
+        bs = self.block_size
+        order = np.argsort(np.asarray(ptrs["blk"]), kind="stable")
+        buf = bytearray(n * bs)
+        self.read_into(ptrs[order], memoryview(buf), np.arange(n, dtype=np.int64), what)
+        mv = memoryview(buf)
+        out: list[bytes | memoryview] = [b""] * n
+        for k, i in enumerate(order.tolist()):
+            out[i] = mv[k * bs : (k + 1) * bs]  # a view into one buffer: no copy per block
+        return out
+
+    def read_into(self, ptrs: PtrArray, out: memoryview, pos: npt.NDArray[np.int64],
+                  what: str = "") -> None:
+        """Block ``ptrs[i]``, verified, into ``out`` at block position ``pos[i]``.
+
+        Runs adjacent both on the volume and in ``out`` are one read straight
+        into ``out``. Errors as ``read_verified``.
+        """
+        n = len(ptrs)
+        if n == 0:
+            return
         blks = np.asarray(ptrs["blk"], dtype=np.uint64)
         if int(blks.max()) >= self.nblocks:  # a verified parent holding a bad pointer
             raise CorruptBlock(what or "volume", int(blks.max()),
                                f"pointer beyond the volume's {self.nblocks} blocks")
-        order = np.argsort(blks, kind="stable")
-        sblks = blks[order]
         readers = self.readable()
         if not readers:
             raise MirrorSet.NoWritablePlex(1, "no in-sync plex to read from")
-        with self._lock:
-            start = self._rr % len(readers)
-            self._rr += 1
-        first = readers[start]
         bs = self.block_size
-        bad: list[int] = []
-        for s, e in runs(sblks):
-            idx = order[s:e]
+        cks = np.asarray(ptrs["ck"]).reshape(-1, 2)
+        bad: list[tuple[int, PlexSlot]] = []
+        for s, e in spans(blks, pos):
+            slot = self.reader_for(int(blks[s]), readers)
+            p = int(pos[s])
+            dest = out[p * bs : (p + e - s) * bs]
             try:
-                data = self.read_raw(first, int(sblks[s]), e - s)
+                slot.plex.readinto(int(blks[s]) * bs, dest)
             except PlexIOError as err:
-                self.fail(first, err)
-                bad.extend(idx.tolist())
+                self.fail(slot, err)
+                bad.extend((i, slot) for i in range(s, e))
+                readers = self.readable() or readers
                 continue
-            mv = memoryview(data)
-            blocks = [mv[i * bs : (i + 1) * bs] for i in range(e - s)]
-            ok = np.all(checksums(blocks) == np.asarray(ptrs["ck"][idx]).reshape(-1, 2), axis=1)
-            for j, i in enumerate(idx.tolist()):
-                if ok[j]:
-                    out[i] = blocks[j]  # a view into the run: no copy per block
-                else:
-                    bad.append(i)
-        for i in bad:
-            out[i] = self._recover(ptrs[i : i + 1], first, what)
-        return out
+            self._reads += 1
+            self._read_bytes += len(dest)
+            blocks = [dest[i * bs : (i + 1) * bs] for i in range(e - s)]
+            ok = np.all(checksums(blocks) == cks[s:e], axis=1)
+            if not ok.all():
+                bad.extend((int(i) + s, slot) for i in np.flatnonzero(~ok))
+        for i, slot in bad:
+            p = int(pos[i])
+            out[p * bs : (p + 1) * bs] = self._recover(ptrs[i : i + 1], slot, what)
 
     def _recover(self, ptr: PtrArray, failed: PlexSlot, what: str) -> bytes:
         blk = int(ptr["blk"][0])

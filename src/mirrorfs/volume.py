@@ -776,11 +776,9 @@ class MirrorFile(io.RawIOBase):
     def readinto(self, b: Any) -> int:
         if not self._read:
             raise io.UnsupportedOperation("not open for reading")
-        mv = memoryview(b).cast("B")
-        data = self._fs.read(self.ino, self._pos, len(mv))
-        mv[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        n = self._fs.readinto(self.ino, self._pos, memoryview(b).cast("B"))
+        self._pos += n
+        return n
 
     def write(self, b: Any) -> int:
         if not self._write:

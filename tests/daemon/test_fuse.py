@@ -68,7 +68,7 @@ def test_every_exception_becomes_an_errno(ops: FuseOperations, volume: Volume,
     for exc, want in cases:
         def boom(*args: Any, _exc: Exception = exc) -> Any:
             raise _exc
-        monkeypatch.setattr(volume.fs, "read", boom)
+        monkeypatch.setattr(volume.fs, "readinto", boom)
         assert fuse_errno(ops.read, fi.fh, 0, 10) == want, exc
     # an unknown handle is a bug too, and still only this request's EIO
     assert fuse_errno(ops.write, 12345, 0, b"x") == errno.EIO

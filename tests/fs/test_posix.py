@@ -78,6 +78,38 @@ def test_sparse_file_reads_zeros_and_uses_only_written_blocks(volume: Volume) ->
     assert_clean(volume)
 
 
+def test_readinto_at_every_alignment_over_holes_dirty_and_committed_blocks(
+        volume: Volume) -> None:
+    """``readinto`` reads whole blocks straight into the caller's buffer and partial ones
+    through a bounce block: every (offset, length) around block edges must return the
+    same bytes as the model, over committed blocks, a hole, dirty blocks and the end of
+    file, and must never write past the count it returns."""
+    rng = random.Random(5)
+    model = bytearray(rng.randbytes(6 * BS + 123))
+    model[2 * BS : 3 * BS] = bytes(BS)  # a hole: never written
+    volume.write_bytes("/f", b"")
+    with volume.open_file("/f", "r+b") as f:
+        for lb in (0, 1, 3, 4, 5, 6):
+            f.seek(lb * BS)
+            f.write(model[lb * BS : (lb + 1) * BS])
+    volume.sync()
+    patch = rng.randbytes(BS + 77)  # dirty, unaligned, over committed blocks
+    model[4 * BS - 50 : 5 * BS + 27] = patch
+    with volume.open_file("/f", "r+b") as f:
+        f.seek(4 * BS - 50)
+        f.write(patch)
+    ino = volume.stat("/f").ino
+    edges = [0, 1, BS - 1, BS, BS + 1, 2 * BS + 7, 4 * BS - 50, 5 * BS, 6 * BS + 100]
+    for off in edges:
+        for length in (1, 99, BS, BS + 1, 3 * BS - 5, 8 * BS):
+            buf = bytearray(b"\xee" * (length + 16))
+            n = volume.fs.readinto(ino, off, memoryview(buf)[:length])
+            want = bytes(model[off : off + length])
+            assert n == len(want), (off, length)
+            assert buf[:n] == want, (off, length)
+            assert buf[n:] == b"\xee" * (length + 16 - n), (off, length)
+
+
 def test_blocks_count_written_blocks_only(volume: Volume) -> None:
     """``st_blocks`` counts the blocks written (in 512-byte units), whatever the size says:
     two separate writes in a 100-block file give two blocks, and rewriting them keeps two."""

@@ -171,21 +171,22 @@ def data_block(vol: Volume, path: str, leaf: int) -> int:
 
 
 def read_until_repaired(vol: Volume, path: str, leaf: int, data: bytes, bad: int) -> None:
-    """Read a file whole, then its leaf ``leaf`` alone until plex ``bad`` served it first.
+    """Read a file whole, then its leaf ``leaf`` with each plex in turn serving it first.
 
-    Every read must return ``data``. Which plex a read starts on rotates by one
-    with each verified read; a file read makes several, so only single-leaf reads
-    (one verified read each) are counted on: among as many as there are plexes,
-    the bad one comes first once.
+    Every read must return ``data``. Which plex serves a block first depends on
+    its region (``MirrorSet.reader_for``); turning ``read_shift`` through every
+    plex makes plex ``bad`` serve it once, which must repair it.
     """
     slot = vol.mirror.slots[bad]
     assert vol.read_bytes(path) == data
     ptrs = vol.store.objects.tree(vol.stat(path).ino).leaf_ptrs(leaf, leaf + 1)
-    for _ in range(len(vol.mirror.slots)):
+    for shift in range(len(vol.mirror.slots)):
         if slot.repaired:
             break
+        vol.mirror.read_shift = shift
         got = vol.mirror.read_verified(ptrs, path)
-        assert got == [data[leaf * BS : (leaf + 1) * BS]]
+        assert [bytes(g) for g in got] == [data[leaf * BS : (leaf + 1) * BS]]
+    vol.mirror.read_shift = 0
     assert vol.read_bytes(path) == data
 
 

@@ -127,6 +127,7 @@ class FuseOperations(pyfuse3.Operations):
         self._writers: set[int] = set()  # file handles open for writing
         self._dirs: dict[int, _OpenDir] = {}  # directory handle -> its state
         self._next_fh = 1
+        self._rbuf = bytearray(1 << 20)  # the reply buffer of every read (see read)
 
     # -- helpers ------------------------------------------------------------
 
@@ -335,8 +336,18 @@ class FuseOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh), self._attr_entry(ino)
 
     @_replies
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        return self.fs.read(self._files[fh], off, size)
+    async def read(  # type: ignore[override]  # pyfuse3 takes any buffer (PyObject_GetBuffer)
+            self, fh: int, off: int, size: int) -> memoryview:
+        """Read into one buffer kept for all reads: no allocation per request.
+
+        pyfuse3 copies the reply out as soon as this coroutine returns, and
+        no handler awaits, so one read finishes before the next begins and
+        the buffer is free again.
+        """
+        if len(self._rbuf) < size:
+            self._rbuf = bytearray(size)
+        n = self.fs.readinto(self._files[fh], off, memoryview(self._rbuf)[:size])
+        return memoryview(self._rbuf)[:n]
 
     @_replies
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -69,6 +69,8 @@ log = logging.getLogger("mirrorfs.daemon")
 FSTYPE = "fuse.mirrorfs"  # how /proc/self/mountinfo names our mounts (subtype=mirrorfs)
 UNMOUNT_TIMEOUT_S = 300.0  # most seconds `umount` waits for the daemon's final CP
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+READAHEAD_KIB = 4096  # the kernel's read-ahead window on a mount (see set_readahead)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 
 # -o options a user may give; anything else is refused before mounting.
 FLAG_OPTIONS = frozenset({"allow_other", "allow_root", "default_permissions", "ro", "rw",
@@ -203,20 +205,69 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mount_type(mountpoint: str | os.PathLike[str]) -> str | None:
-    """The file system type mounted on ``mountpoint`` (the topmost), or None."""
+def _mountinfo(mountpoint: str | os.PathLike[str]) -> tuple[list[str], str] | None:
+    """The topmost /proc/self/mountinfo line for ``mountpoint``: its fields and fs type."""
     want = os.path.abspath(mountpoint)
-    found: str | None = None
+    found: tuple[list[str], str] | None = None
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 left, _, right = line.partition(" - ")
                 fields = left.split()
                 if len(fields) >= 5 and _unescape(fields[4]) == want:
-                    found = right.split()[0] if right else "?"
+                    found = fields, (right.split()[0] if right else "?")
     except OSError:
         return None
     return found
+
+
+def mount_type(mountpoint: str | os.PathLike[str]) -> str | None:
+    """The file system type mounted on ``mountpoint`` (the topmost), or None."""
+    info = _mountinfo(mountpoint)
+    return info[1] if info else None
+
+
+def set_readahead(mountpoint: str | os.PathLike[str], kib: int = READAHEAD_KIB) -> bool:
+    """Let the kernel read ahead ``kib`` KiB on this mount (its bdi); False if it may not.
+
+    FUSE starts a mount with the kernel's default of 128 KiB, which makes a
+    sequential read a string of small synchronous requests; a larger window
+    lets the kernel send 1 MiB reads ahead of the reader. Only root may
+    change it (/sys/class/bdi is root's); anyone else keeps the default.
+    """
+    info = _mountinfo(mountpoint)
+    if info is None:
+        return False
+    path = Path("/sys/class/bdi") / info[0][2] / "read_ahead_kb"
+    try:
+        path.write_text(f"{kib}\n")
+    except OSError as e:
+        log.info("read-ahead stays at the kernel's default (%s: %s)", path, e.strerror)
+        return False
+    return True
+
+
+def tune_malloc() -> None:
+    """Keep freed buffers of up to 32 MiB in the heap instead of returning them to the kernel.
+
+    Every FUSE request brings or takes a buffer of up to 1 MiB. glibc serves
+    such sizes with mmap and unmaps them on free, so each request paid
+    256 page faults for fresh zeroed pages: measured, that doubled the CPU
+    time of a sequential read through the mount. A daemon owns its process,
+    so it may set the allocator's thresholds; a library must not.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
+    except (OSError, AttributeError):  # not glibc: its defaults stay
+        pass
 
 
 # -- the state file --------------------------------------------------------------
@@ -479,6 +530,7 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
     elif req.log_file is not None:
         _setup_logging(req.log_file)
     ready = _Ready(ready_fd)
+    tune_malloc()
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     mp = req.mountpoint
     try:
@@ -522,7 +574,7 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
         try:
             import trio
 
-            trio.run(_main_loop)
+            trio.run(_main_loop, mp)
         except BaseException:
             log.exception("the FUSE main loop failed; unmounting")
         finally:
@@ -539,7 +591,7 @@ def serve(req: MountRequest, ready_fd: int | None) -> int:
         state.close()
 
 
-async def _main_loop() -> None:
+async def _main_loop(mountpoint: Path) -> None:
     """pyfuse3's loop, ended by an unmount or by the first stop signal."""
     import pyfuse3
     import trio
@@ -553,8 +605,19 @@ async def _main_loop() -> None:
                 pyfuse3.terminate()
                 return
 
+    async def after_init() -> None:
+        """Widen the read-ahead once the kernel has applied FUSE's INIT reply (which sets it).
+
+        A stat of the mount point is answered only after INIT, from this loop,
+        so the stat runs in a thread.
+        """
+        with contextlib.suppress(OSError):
+            await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+            set_readahead(mountpoint)
+
     async with trio.open_nursery() as nursery:
         await nursery.start(on_signal)
+        nursery.start_soon(after_init)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

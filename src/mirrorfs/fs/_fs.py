@@ -471,19 +471,34 @@ class FileSystem:
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         with self.lock:
-            if offset < 0:
-                raise FsError(errno.EINVAL, "", "negative offset")
-            ind = self._inode(ino)
-            if stat.S_ISDIR(ind.mode):
-                raise FsError(errno.EISDIR, "")
-            view, local = self._image(ino)
+            view, local = self._reading(ino, offset)
             data = view.read(local, offset, size)
-            if ino < SNAP_BASE and not self.store.read_only:
-                now = self._now()
-                if ind.atime_ns <= max(ind.mtime_ns, ind.ctime_ns) or (
-                        now - ind.atime_ns > RELATIME_NS):
-                    self.objects.update(ino, atime_ns=now)
+            self._accessed(ino)
             return data
+
+    def readinto(self, ino: int, offset: int, buf: memoryview) -> int:
+        """Read into ``buf`` (a byte-format memoryview); returns the count (the fast path)."""
+        with self.lock:
+            view, local = self._reading(ino, offset)
+            n = view.readinto(local, offset, buf)
+            self._accessed(ino)
+            return n
+
+    def _reading(self, ino: int, offset: int) -> tuple[ObjectView, int]:
+        if offset < 0:
+            raise FsError(errno.EINVAL, "", "negative offset")
+        if stat.S_ISDIR(self._inode(ino).mode):
+            raise FsError(errno.EISDIR, "")
+        return self._image(ino)
+
+    def _accessed(self, ino: int) -> None:
+        """relatime: record the access only when atime is older than mtime/ctime or a day."""
+        if ino < SNAP_BASE and not self.store.read_only:
+            ind = self._inode(ino)
+            now = self._now()
+            if ind.atime_ns <= max(ind.mtime_ns, ind.ctime_ns) or (
+                    now - ind.atime_ns > RELATIME_NS):
+                self.objects.update(ino, atime_ns=now)
 
     def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
         with self.lock:

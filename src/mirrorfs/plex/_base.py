@@ -28,6 +28,10 @@ class Plex(Protocol):
         """``length`` bytes at ``offset``; raises PlexIOError on failure."""
         ...
 
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` with the bytes at ``offset`` (no allocation: the hot read path)."""
+        ...
+
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
         """Write the concatenation of ``bufs`` at ``offset``."""
         ...

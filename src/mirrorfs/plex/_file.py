@@ -96,17 +96,25 @@ class FilePlex:
         return self._size
 
     def read(self, offset: int, length: int) -> bytes:
-        try:
-            data = os.pread(self._fd, length, offset)
-        except OSError as e:
-            raise PlexIOError(self.spec,
-                              f"reading {length} bytes at {offset}: {e.strerror}") from None
-        if len(data) < length:
-            if offset + length > self._size:
-                raise PlexIOError(self.spec,
-                                  f"read past the end ({offset + length} > {self._size})")
-            data += bytes(length - len(data))  # a sparse tail reads as zeros
-        return data
+        out = bytearray(length)
+        self.readinto(offset, memoryview(out))
+        return bytes(out)
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        length = len(buf)
+        if offset < 0 or offset + length > self._size:
+            raise PlexIOError(self.spec, f"read past the end ({offset + length} > {self._size})")
+        got = 0
+        while got < length:
+            try:
+                n = os.preadv(self._fd, [buf[got:]], offset + got)
+            except OSError as e:
+                raise PlexIOError(self.spec, f"reading {length} bytes at {offset}: "
+                                             f"{e.strerror}") from None
+            if n == 0:  # past the end of a sparse image file: zeros
+                buf[got:] = bytes(length - got)
+                return
+            got += n
 
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
         if self.read_only:

@@ -120,12 +120,16 @@ class NbdPlex:
         return self._size
 
     def read(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0 or offset + length > self._size:
+        out = bytearray(length)
+        self.readinto(offset, memoryview(out))
+        return bytes(out)
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        length = len(buf)
+        if offset < 0 or offset + length > self._size:
             raise PlexIOError(self.spec, f"read past the end ({offset + length} > {self._size})")
         if length == 0:
-            return b""
-        out = bytearray(length)
-        view = memoryview(out)
+            return
         what = f"reading {length} bytes at {offset}"
         with self._lock:
             h = self._handle(what)
@@ -133,14 +137,13 @@ class NbdPlex:
             cookies = []
             try:
                 for start in range(0, length, self._max):
-                    buf = nbd.Buffer.from_buffer(view[start : start + self._max])
-                    bufs.append(buf)  # libnbd writes into it until the reply comes
-                    cookies.append(h.aio_pread(buf, offset + start))
+                    nb = nbd.Buffer.from_buffer(buf[start : start + self._max])
+                    bufs.append(nb)  # libnbd writes into it until the reply comes
+                    cookies.append(h.aio_pread(nb, offset + start))
             except nbd.Error as e:
                 self._wait(h, cookies, what)
                 raise PlexIOError(self.spec, f"{what}: {_why(e)}") from None
             self._wait(h, cookies, what)
-        return bytes(out)
 
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
         if self.read_only:

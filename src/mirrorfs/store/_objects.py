@@ -77,16 +77,36 @@ class ObjectView:
     def read(self, ino: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset``, holes as zeros, short at end of object."""
         ind = self.inode(ino)
-        end = min(ind.size, offset + size)
+        n = max(0, min(ind.size, offset + size) - offset)
+        buf = bytearray(n)
+        got = self.readinto(ino, offset, memoryview(buf))
+        return bytes(buf[:got])
+
+    def readinto(self, ino: int, offset: int, buf: memoryview) -> int:
+        """Read into ``buf`` at most ``len(buf)`` bytes at ``offset``; returns the count.
+
+        Whole blocks go straight from the plex into ``buf``; only a partial
+        first or last block passes through a one-block buffer.
+        """
+        ind = self.inode(ino)
+        end = min(ind.size, offset + len(buf))
         if offset >= end:
-            return b""
+            return 0
         bs = self.block_size
-        a, b = offset // bs, (end - 1) // bs + 1
-        leaves = self.tree(ino).read_leaves(a, b)
-        zero = bytes(bs)
-        data = b"".join([zero if d is None else d for d in leaves])
-        start = offset - a * bs
-        return data[start : start + (end - offset)]
+        tree = self.tree(ino)
+        fa, fb = -(-offset // bs), end // bs  # the whole blocks inside [offset, end)
+        if fa < fb:
+            tree.read_leaves_into(fa, fb, buf[fa * bs - offset : fb * bs - offset])
+            edges = [lb for lb in (offset // bs, fb) if lb * bs < end and
+                     (lb * bs < offset or (lb + 1) * bs > end)]
+        else:
+            edges = list(range(offset // bs, (end - 1) // bs + 1))
+        for lb in edges:
+            lo, hi = max(offset, lb * bs), min(end, (lb + 1) * bs)
+            tmp = bytearray(bs)
+            tree.read_leaves_into(lb, lb + 1, memoryview(tmp))
+            buf[lo - offset : hi - offset] = tmp[lo - lb * bs : hi - lb * bs]
+        return end - offset
 
     def leaf(self, ino: int, i: int) -> bytes | bytearray | memoryview | None:
         return self.tree(ino).read_leaf(i)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
+import numpy.typing as npt
 
 from ..mirror import MirrorSet
 from ..ondisk import PTR_DTYPE, PtrArray
@@ -51,6 +52,10 @@ class MirrorSource:
 
     def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes | memoryview]:
         return self.mirror.read_verified(ptrs, what)
+
+    def read_leaves_into(self, ptrs: PtrArray, out: memoryview, pos: npt.NDArray[np.int64],
+                         what: str) -> None:
+        self.mirror.read_into(ptrs, out, pos, what)
 
     def cache_node(self, ptr: bytes, node: PtrArray) -> None:
         """Remember a node just written, under the pointer its parent holds."""

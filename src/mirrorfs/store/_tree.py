@@ -50,6 +50,9 @@ class BlockSource(Protocol):
 
     def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes | memoryview]: ...
 
+    def read_leaves_into(self, ptrs: PtrArray, out: memoryview, pos: npt.NDArray[np.int64],
+                         what: str) -> None: ...
+
     def cache_node(self, ptr: bytes, node: PtrArray) -> None: ...
 
 
@@ -145,6 +148,31 @@ class Tree:
             return
         for i in nz.tolist():
             self._walk_nonnull(node[i], level - 1, first + i * span, a, b, found)
+
+    def read_leaves_into(self, a: int, b: int, out: memoryview) -> None:
+        """Leaves [a, b) into ``out`` ((b - a) blocks): dirty bytes, committed ones, zeros."""
+        bs = self.src.block_size
+        ptrs = self.leaf_ptrs(a, b)
+        present = ptrs["blk"] != 0
+        if self.dirty:
+            dirty = self.dirty
+            near = dirty if len(dirty) < b - a else range(a, b)
+            for lb in near:
+                if a <= lb < b and lb in dirty:
+                    present[lb - a] = False
+        want = np.flatnonzero(present)
+        if len(want):
+            try:
+                self.src.read_leaves_into(ptrs[want], out, want.astype(np.int64), self.what)
+            except CorruptBlock as e:
+                raise self._at_offset(e, ptrs, a) from None
+        if len(want) < b - a:
+            for i in np.flatnonzero(~present).tolist():
+                d = self.dirty.get(a + i) if self.dirty else None
+                if d is None:
+                    out[i * bs : (i + 1) * bs] = bytes(bs)
+                else:
+                    out[i * bs : (i + 1) * bs] = d
 
     def read_leaves(self, a: int, b: int) -> list[bytes | bytearray | memoryview | None]:
         """Leaves [a, b): dirty bytes first, then committed ones (None for holes)."""

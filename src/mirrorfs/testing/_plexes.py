@@ -47,6 +47,9 @@ class RecordingPlex:
     def read(self, offset: int, length: int) -> bytes:
         return self.inner.read(offset, length)
 
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        self.inner.readinto(offset, buf)
+
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
         if self.recording:
             self.ops.append(Op(offset, b"".join(bytes(b) for b in bufs)))
@@ -100,17 +103,18 @@ class FaultyPlex:
             raise PlexIOError(self.spec, f"{what}: device vanished")
 
     def read(self, offset: int, length: int) -> bytes:
+        out = bytearray(length)
+        self.readinto(offset, memoryview(out))
+        return bytes(out)
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
         self._gone("read")
         if self.fail_reads:
             raise PlexIOError(self.spec, f"read at {offset}: injected I/O error")
-        data = self.inner.read(offset, length)
-        hits = [o for o in self.flip_on_read if offset <= o < offset + length]
-        if hits:
-            buf = bytearray(data)
-            for o in hits:
+        self.inner.readinto(offset, buf)
+        for o in self.flip_on_read:
+            if offset <= o < offset + len(buf):
                 buf[o - offset] ^= 0x01
-            data = bytes(buf)
-        return data
 
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
         self._gone("write")
