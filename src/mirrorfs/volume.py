@@ -439,7 +439,8 @@ class Volume:
             if st.dirty and st.clock.monotonic() - st.last_commit >= interval:
                 # a failed commit marks the store broken; callers see it on their next write
                 with contextlib.suppress(MirrorfsError):
-                    st.commit()
+                    st.commit(wait=False)  # the plexes work without the lock held ...
+                    st.settle()  # ... and the CP lands here, not in some writer's call
 
     def sync(self) -> bool:
         """Commit a CP now; returns False when nothing was dirty."""
@@ -456,6 +457,8 @@ class Volume:
             if not self.store.read_only and self.store.broken is None:
                 self.store.commit()
         finally:
+            with contextlib.suppress(MirrorfsError):
+                self.store.drain()  # a broken store may still have a CP in flight
             self.mirror.close()
 
     def __enter__(self) -> Volume:
@@ -617,6 +620,7 @@ class Volume:
     def plex_online(self, spec: str) -> PlexSlot:
         """Bring an offline plex back as stale: the next resync brings it in sync."""
         with self.store.lock:
+            self.store.drain()
             slot = self._slot(spec)
             if slot.state not in (PlexState.OFFLINE, PlexState.FAILED):
                 raise UsageError(f"{slot.spec} is {slot.state.label}, not offline or failed")
@@ -628,6 +632,7 @@ class Volume:
         """Attach a new, empty plex as stale (a resync fills it) and list it in the volume file."""
         with self.store.lock:
             st = self.store
+            st.drain()
             if any(s.spec == spec for s in self.mirror.slots):
                 raise UsageError(f"{spec} is already a plex of this volume")
             path = self.volume_file.resolve(spec) if self.volume_file else spec

@@ -103,7 +103,7 @@ class Harness:
         for b, d in zip(blks, datas, strict=True):
             assert len(d) == BS
             self.src.blocks[b] = bytes(d)
-        self.alloc.commit()
+        self.alloc.commit(self.alloc.active)
         return blks
 
     def check(self) -> None:
@@ -263,7 +263,7 @@ def test_allocator_never_hands_out_held_blocks() -> None:
         assert np.all(allb < nblocks)
         with pytest.raises(NoSpace):
             alloc.allocate(1)
-        alloc.commit()  # now the freed blocks are free
+        alloc.commit(alloc.active)  # now the freed blocks are free
         assert sorted(alloc.allocate(len(gone)).tolist()) == sorted(gone.tolist())
 
 

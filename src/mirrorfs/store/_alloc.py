@@ -44,9 +44,13 @@ class Allocator:
         self._scanned = 0
         self._held_cache = None
 
-    def commit(self) -> None:
-        """The CP committed: its plane is the one the next CP must not overwrite."""
-        np.copyto(self.committed, self.active)
+    def commit(self, plane: Words) -> None:
+        """A CP committed with ``plane``: the blocks the next CP must not overwrite.
+
+        ``plane`` is the active plane as the CP was placed, not ``active`` now:
+        blocks freed since (while the CP was in flight) are still the CP's.
+        """
+        np.copyto(self.committed, plane)
         self.begin_cp()
 
     def held(self) -> Words:

@@ -1,8 +1,11 @@
 """Verified block reads for trees, with a cache of decoded nodes.
 
-Owns the node cache. Keeps: a cached node is the exact, verified content of
-a committed block; since committed blocks are never rewritten while
-referenced, the cache needs no invalidation on write, only eviction.
+Owns the node cache and the pending blocks. Keeps: a cached node is the
+exact, verified content of a committed block; since committed blocks are
+never rewritten while referenced, the cache needs no invalidation on write,
+only eviction. Pending blocks are those of the CP in flight (``Store``):
+placed, in the trees, maybe not yet on any plex, so reads of them are served
+from the bytes the CP writes, until it lands.
 """
 
 from __future__ import annotations
@@ -26,6 +29,26 @@ class MirrorSource:
         self.block_size = mirror.block_size
         self._cache: OrderedDict[bytes, PtrArray] = OrderedDict()
         self._limit = cache_nodes
+        self._pblks = np.zeros(0, dtype=np.uint64)  # pending blocks, sorted
+        self._pdata: list[bytes | bytearray] = []  # their bytes, in the same order
+
+    def set_pending(self, blks: npt.NDArray[np.uint64], datas: list[bytes | bytearray]) -> None:
+        """The CP in flight writes ``datas[i]`` to ``blks[i]`` (sorted): read them from here."""
+        self._pblks, self._pdata = blks, datas
+
+    def clear_pending(self) -> None:
+        self._pblks, self._pdata = np.zeros(0, dtype=np.uint64), []
+
+    def _pending(self, ptrs: PtrArray) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """(indices into ptrs, indices into the pending list) of the pending blocks."""
+        pb = self._pblks
+        if len(pb) == 0 or len(ptrs) == 0:
+            empty = np.zeros(0, dtype=np.intp)
+            return empty, empty
+        blks = np.asarray(ptrs["blk"], dtype=np.uint64)
+        at = np.minimum(np.searchsorted(pb, blks), len(pb) - 1)
+        hit = np.flatnonzero(pb[at] == blks)
+        return hit, at[hit]
 
     @staticmethod
     def _key(ptr: np.void) -> bytes:
@@ -42,7 +65,7 @@ class MirrorSource:
                 self._cache.move_to_end(self._key(ptrs[i]))
             out.append(node)
         if missing:
-            datas = self.mirror.read_verified(ptrs[missing], what)
+            datas = self.read_leaves(ptrs[missing], what)
             for i, data in zip(missing, datas, strict=True):
                 node = np.frombuffer(data, dtype=PTR_DTYPE).copy()  # not a view of the run
                 node.flags.writeable = False
@@ -51,11 +74,32 @@ class MirrorSource:
         return [n for n in out if n is not None]
 
     def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes | memoryview]:
-        return self.mirror.read_verified(ptrs, what)
+        hit, at = self._pending(ptrs)
+        if len(hit) == 0:
+            return self.mirror.read_verified(ptrs, what)
+        out: list[bytes | memoryview] = [b""] * len(ptrs)
+        for i, j in zip(hit.tolist(), at.tolist(), strict=True):
+            out[i] = memoryview(self._pdata[j])
+        rest = np.setdiff1d(np.arange(len(ptrs)), hit)
+        if len(rest):
+            for i, d in zip(rest.tolist(), self.mirror.read_verified(ptrs[rest], what),
+                            strict=True):
+                out[i] = d
+        return out
 
     def read_leaves_into(self, ptrs: PtrArray, out: memoryview, pos: npt.NDArray[np.int64],
                          what: str) -> None:
-        self.mirror.read_into(ptrs, out, pos, what)
+        hit, at = self._pending(ptrs)
+        if len(hit) == 0:
+            self.mirror.read_into(ptrs, out, pos, what)
+            return
+        bs = self.block_size
+        for i, j in zip(hit.tolist(), at.tolist(), strict=True):
+            p = int(pos[i])
+            out[p * bs : (p + 1) * bs] = self._pdata[j]
+        rest = np.setdiff1d(np.arange(len(ptrs)), hit)
+        if len(rest):
+            self.mirror.read_into(ptrs[rest], out, pos[rest], what)
 
     def cache_node(self, ptr: bytes, node: PtrArray) -> None:
         """Remember a node just written, under the pointer its parent holds."""

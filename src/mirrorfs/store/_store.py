@@ -25,6 +25,21 @@ including the blocks of the plane tree itself and the reserved superblock
 rings. A snapshot's plane is the active plane of its CP, shared, not copied.
 A block is free when no plane holds it and the last CP does not hold it.
 
+Pipelining. Step 1 runs under the lock; steps 2-4 (``_fly``) may run in a
+thread of their own while writers fill the next CP: a CP started by the
+dirty limit or the timer is *in flight* until ``_land`` finishes it under
+the lock. At most one CP is in flight, and it lands before the next one is
+placed, so step 5 holds as before: the next placement avoids the flying CP's
+blocks (``committed`` becomes its plane only when it lands) and nothing it
+freed is reused before its superblocks are on the plexes. Everything the
+flying CP writes is captured when it is placed (blocks, bytes, roots,
+counts, its plane), so later changes in memory cannot leak into it; reads of
+its blocks before they reach the plexes are served from those bytes
+(``MirrorSource.pending``). Operations that need the plexes quiet (fsck,
+scrub, resync, plex changes) call ``drain`` or ``commit``, which land the
+flight first. A flight that fails marks the store broken, and the error
+reaches the next caller that lands it.
+
 Lock. ``Store.lock`` (an RLock) guards everything here; the file system takes
 it for each operation and the CP timer for each commit.
 """
@@ -82,6 +97,29 @@ class CpState:
     plane_root: bytes
     plane_height: int
     next_ino: int
+
+
+@dataclasses.dataclass(eq=False)
+class _Flight:
+    """A CP placed and sealed, on its way to the plexes (steps 2-4), and what it captured."""
+
+    cp: int
+    cp_id: uuid.UUID
+    prev_cp_id: uuid.UUID
+    now_ns: int
+    blks: np.ndarray  # sorted
+    datas: list[bytes | bytearray]  # in the order of blks
+    plane: np.ndarray  # the CP's active plane: ``committed`` once it lands
+    state: CpState
+    n_snapshots: int
+    snaptab_root: bytes
+    snaptab_height: int
+    before: set[int]  # ids of the in-sync plexes when it was placed
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    members: tuple[Member, ...] = ()
+    before_sb: set[int] = dataclasses.field(default_factory=set)
+    after: set[int] = dataclasses.field(default_factory=set)
+    error: Exception | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +212,7 @@ class Store:
         self.broken: Exception | None = None
         self.committed = self._cp_state()
         self._in_set = set(map(id, self.mirror.in_sync()))
+        self._flight: _Flight | None = None
         self.pre_commit: list[Callable[[], None]] = []  # e.g. directories encode buckets
 
     # -- loading ------------------------------------------------------------
@@ -218,13 +257,13 @@ class Store:
             raise NoSpace(need, free)
 
     def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
-        """Write object data, committing first when the dirty limit is reached."""
+        """Write object data; at the dirty limit, start a CP and go on (it flies meanwhile)."""
         with self.lock:
             self._writable()
             self.check_space(len(data) // self.block_size + 2)
             n = self.objects.write(ino, offset, data)
             if self.objects.dirty_leaves * self.block_size >= DIRTY_LIMIT_BYTES:
-                self.commit()
+                self.commit(wait=False)
             return n
 
     def truncate(self, ino: int, size: int) -> None:
@@ -234,9 +273,15 @@ class Store:
 
     # -- the CP -------------------------------------------------------------
 
-    def commit(self, force: bool = False) -> bool:
-        """Commit everything dirty as CP n+1; returns False when there was nothing to do."""
+    def commit(self, force: bool = False, wait: bool = True) -> bool:
+        """Commit everything dirty as CP n+1; returns False when there was nothing to do.
+
+        With ``wait`` (the default) the CP is on the plexes when this returns;
+        without, it may still be in flight (see the module docstring): the
+        caller goes on, and the next commit or ``drain`` lands it.
+        """
         with self.lock:
+            self._land()
             if self.read_only or self.broken is not None:
                 return False
             for hook in self.pre_commit:
@@ -244,12 +289,28 @@ class Store:
             if not force and not self.dirty:
                 return False
             try:
-                self._commit()
+                self._launch(background=not wait)
+                if wait:
+                    self._land()
             except Exception as e:
                 self.broken = e
                 raise
-            self.last_commit = self.clock.monotonic()
             return True
+
+    def drain(self) -> None:
+        """Land the CP in flight, if any (its error, if it failed, is raised here)."""
+        with self.lock:
+            self._land()
+
+    def settle(self) -> None:
+        """Wait for the CP in flight without holding the lock, then land it.
+
+        For the CP timer: writers keep the lock while the plexes work.
+        """
+        fl = self._flight
+        if fl is not None:
+            fl.done.wait()
+        self.drain()
 
     def _cp_state(self) -> CpState:
         return CpState(self.cp, self.cp_id, ptr_bytes(self.objects.objtab.root),
@@ -257,13 +318,13 @@ class Store:
                        self.plane_tree.height, self.objects.next_ino)
 
     def _commit(self) -> None:
-        """One CP; plexes that fail in it leave the set and get resync bases pinned.
+        """One CP, on the plexes when this returns."""
+        self._launch(background=False)
+        self._land()
 
-        A plex that fails before its superblock write holds CP n; one that fails
-        during it may hold CP n+1 too. Both CPs are pinned as resync-base
-        snapshots (DESIGN.md, "Plex failure and resync bases"), in the next CP.
-        """
-        before = self._in_set  # plexes that read errors dropped since then left at CP n
+    def _launch(self, background: bool) -> None:
+        """Step 1 under the lock, then steps 2-4 in a thread (``background``) or right here."""
+        assert self._flight is None
         cp = self.cp + 1
         alloc = self.alloc
         blks, datas = self.objects.place_and_seal(alloc, cp)
@@ -271,32 +332,74 @@ class Store:
             b, d = self._place_snaptab(cp)
             blks += b
             datas += d
+            self._snaptab_dirty = False
         b, d = self._place_plane(cp)
         blks += b
         datas += d
-        self.mirror.write_blocks(np.array(blks, dtype=np.uint64), datas)
-        self.mirror.flush()
-        before_sb = set(map(id, self.mirror.in_sync()))
-        new_id = uuid.uuid4()
-        now = self.clock.time_ns()
-        members = self.membership(cp)
-        self.mirror.write_superblocks(
-            lambda slot: self._superblock(slot, cp, new_id, now, members))
-        after = set(map(id, self.mirror.in_sync()))
-        departed = bool(before - after)
+        arr = np.array(blks, dtype=np.uint64)
+        order = np.argsort(arr, kind="stable")
+        fl = _Flight(
+            cp=cp, cp_id=uuid.uuid4(), prev_cp_id=self.cp_id, now_ns=self.clock.time_ns(),
+            blks=arr[order], datas=[datas[i] for i in order.tolist()],
+            plane=alloc.active.copy(), state=dataclasses.replace(self._cp_state(), cp=cp),
+            n_snapshots=len(self.snapshots), snaptab_root=ptr_bytes(self.snap_tree.root),
+            snaptab_height=self.snap_tree.height,
+            before=self._in_set)  # plexes that read errors dropped since then left at CP n
+        self._flight = fl
+        self.src.set_pending(fl.blks, fl.datas)
+        self.last_commit = self.clock.monotonic()
+        if background:
+            threading.Thread(target=self._fly, args=(fl,), name=f"cp-{cp}", daemon=True).start()
+        else:
+            self._fly(fl)
+
+    def _fly(self, fl: _Flight) -> None:
+        """Steps 2-4: blocks, flush, superblocks. Touches only ``fl`` and the mirror."""
+        try:
+            self.mirror.write_blocks(fl.blks, fl.datas)
+            self.mirror.flush()
+            fl.before_sb = set(map(id, self.mirror.in_sync()))
+            fl.members = self._members(fl.cp)
+            self.mirror.write_superblocks(lambda slot: self._superblock(slot, fl))
+            fl.after = set(map(id, self.mirror.in_sync()))
+        except Exception as e:
+            fl.error = e
+        except BaseException as e:  # e.g. KeyboardInterrupt when run in the caller's thread
+            fl.error = RuntimeError(f"CP {fl.cp} interrupted: {e!r}")
+            raise
+        finally:
+            fl.done.set()
+
+    def _land(self) -> None:
+        """Finish the CP in flight: step 5, and resync bases for plexes that left in it.
+
+        A plex that fails before its superblock write holds CP n; one that fails
+        during it may hold CP n+1 too. Both CPs are pinned as resync-base
+        snapshots (DESIGN.md, "Plex failure and resync bases"), in the next CP.
+        """
+        fl = self._flight
+        if fl is None:
+            return
+        fl.done.wait()
+        self._flight = None
+        if fl.error is not None:
+            self.broken = fl.error
+            raise fl.error
+        self.src.clear_pending()
+        self.members = {m.plex_uuid: m for m in fl.members}
+        departed = bool(fl.before - fl.after)
         prev_state, prev_plane = self.committed, None
         if departed:
-            prev_plane = alloc.committed.copy()
-        self.prev_cp_id, self.cp_id, self.cp = self.cp_id, new_id, cp
-        alloc.commit()
-        self._snaptab_dirty = False
-        self.committed = self._cp_state()
-        self._in_set = after
+            prev_plane = self.alloc.committed.copy()
+        self.prev_cp_id, self.cp_id, self.cp = self.cp_id, fl.cp_id, fl.cp
+        self.alloc.commit(fl.plane)
+        self.committed = dataclasses.replace(fl.state, cp_id=fl.cp_id)
+        self._in_set = fl.after
         if departed:
             assert prev_plane is not None
             self._pin_base(prev_state, prev_plane)
-            if before_sb - after:
-                self._pin_base(self.committed, alloc.committed.copy())
+            if fl.before_sb - fl.after:
+                self._pin_base(self.committed, fl.plane.copy())
             if self._snaptab_dirty:
                 self._commit()  # record the bases now, not whenever the next CP comes
 
@@ -365,23 +468,22 @@ class Store:
         active = alloc.active
         return self.plane_tree.seal(lambda i: active[i * w : (i + 1) * w].tobytes())
 
-    def _superblock(self, slot: PlexSlot, cp: int, cp_id: uuid.UUID, now: int,
-                    members: tuple[Member, ...]) -> Superblock:
+    def _superblock(self, slot: PlexSlot, fl: _Flight) -> Superblock:
+        st = fl.state
         return Superblock(
             block_size=self.block_size, volume_uuid=self.volume_uuid, plex_uuid=slot.plex_uuid,
-            plex_ordinal=slot.ordinal, nblocks=self.nblocks, cp=cp, cp_id=cp_id,
-            prev_cp_id=self.cp_id, timestamp_ns=now, next_ino=self.objects.next_ino,
-            min_plexes=self.min_plexes, objtab_root=ptr_bytes(self.objects.objtab.root),
-            plane_root=ptr_bytes(self.plane_tree.root),
-            snaptab_root=ptr_bytes(self.snap_tree.root),
-            objtab_height=self.objects.objtab.height, plane_height=self.plane_tree.height,
-            snaptab_height=self.snap_tree.height, n_snapshots=len(self.snapshots),
-            members=members,
+            plex_ordinal=slot.ordinal, nblocks=self.nblocks, cp=fl.cp, cp_id=fl.cp_id,
+            prev_cp_id=fl.prev_cp_id, timestamp_ns=fl.now_ns, next_ino=st.next_ino,
+            min_plexes=self.min_plexes, objtab_root=st.objtab_root,
+            plane_root=st.plane_root, snaptab_root=fl.snaptab_root,
+            objtab_height=st.objtab_height, plane_height=st.plane_height,
+            snaptab_height=fl.snaptab_height, n_snapshots=fl.n_snapshots,
+            members=fl.members,
             resync=slot.resync if slot.state == PlexState.RESYNCING else None,
         )
 
-    def membership(self, cp: int) -> tuple[Member, ...]:
-        """Members as CP ``cp`` records them.
+    def _members(self, cp: int) -> tuple[Member, ...]:
+        """Members as CP ``cp`` records them (they become ``members`` when it lands).
 
         Writable plexes completed ``cp``; the others keep the last CP they
         completed. A member that is not open at all (missing, or left out with
@@ -402,12 +504,12 @@ class Store:
                 state = PlexState.MISSING if m.state == PlexState.IN_SYNC else m.state
                 out.append(Member(m.plex_uuid, m.ordinal, state, m.last_cp))
         out.sort(key=lambda m: m.ordinal)
-        self.members = {m.plex_uuid: m for m in out}
         return tuple(out)
 
     def set_member(self, member: Member | None, plex_uuid: uuid.UUID) -> None:
         """Record a member's new state (or drop it with None) in the next CP."""
         with self.lock:
+            self._land()
             if member is None:
                 self.members.pop(plex_uuid, None)
             else:

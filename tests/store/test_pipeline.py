@@ -1,0 +1,171 @@
+"""CPs in flight: writers go on while a CP's blocks and superblocks reach the plexes.
+
+A CP started by the dirty limit flies in a thread of its own (``Store``
+module docstring). These tests hold it at a gate inside the plex, before its
+superblock write, and prove while it waits and after it lands:
+
+* the data it carries reads back (from its own bytes: the plex lacks them),
+  and writers may overwrite, extend and unlink what it carries;
+* an image copied while it waits opens at the CP before it, complete;
+* once it lands its blocks are the committed ones: the next CP, which frees
+  them, must not reuse them, so a crash during it finds the flown CP intact.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mirrorfs.fs import fsck
+from mirrorfs.ondisk import slot_offsets
+from mirrorfs.plex import Buffer, FilePlex
+from mirrorfs.store import _store
+from mirrorfs.store._store import plane_from_tree
+from mirrorfs.volume import Volume
+
+SIZE = 16 << 20
+KIB = 1024
+GATE_TIMEOUT_S = 30.0
+
+
+class GatedPlex(FilePlex):
+    """A FilePlex whose writes wait at a gate while it is held: every write, or slots only."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self._slots = frozenset(slot_offsets(SIZE))
+        self._open = threading.Event()
+        self._open.set()
+        self._all = False
+        self.waiting = threading.Event()  # a write is held at the gate
+
+    def hold(self, every_write: bool = False) -> None:
+        """Hold the next superblock slot write (or, with ``every_write``, the next write)."""
+        self._all = every_write
+        self.waiting.clear()
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
+        if (self._all or offset in self._slots) and not self._open.is_set():
+            self.waiting.set()
+            assert self._open.wait(GATE_TIMEOUT_S), "the test never opened the gate"
+        super().writev(offset, bufs)
+
+
+@pytest.fixture
+def gated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Volume, GatedPlex]]:
+    monkeypatch.setattr(_store, "DIRTY_LIMIT_BYTES", 256 * KIB)
+    path = str(tmp_path / "p0.img")
+    Volume.format([FilePlex.create(path, SIZE)], SIZE, cp_interval=None).close()
+    plex = GatedPlex(path)
+    vol = Volume.attach([plex], cp_interval=None)
+    try:
+        yield vol, plex
+    finally:
+        plex.release()
+        vol.close()
+
+
+def wait_at_gate(vol: Volume, plex: GatedPlex) -> None:
+    assert plex.waiting.wait(GATE_TIMEOUT_S), "no CP reached the gate"
+    assert vol.store._flight is not None, "the CP should be in flight"
+
+
+def open_copy(src: str, dst: Path) -> Volume:
+    shutil.copyfile(src, dst)
+    return Volume.attach([FilePlex(str(dst), read_only=True)], read_only=True,
+                         cp_interval=None)
+
+
+def test_a_flying_cp_reads_back_takes_overwrites_and_a_crash_meets_the_cp_before(
+        gated: tuple[Volume, GatedPlex], tmp_path: Path) -> None:
+    vol, plex = gated
+    rng = random.Random(7)
+    x = rng.randbytes(40 * KIB)
+    vol.write_bytes("/x", x)
+    vol.sync()
+    cp_n = vol.store.cp
+
+    plex.hold(every_write=True)  # nothing of CP n+1 reaches the plex
+    a = bytearray(rng.randbytes(300 * KIB))  # past the dirty limit: CP n+1 flies
+    vol.write_bytes("/a", bytes(a))
+    wait_at_gate(vol, plex)
+    assert vol.store.cp == cp_n  # not landed: the plex holds CP n only
+
+    # the flying CP's blocks are not on the plex yet: reads come from its bytes
+    assert vol.read_bytes("/a") == a
+    patch = rng.randbytes(5000)
+    with vol.open_file("/a", "r+b") as f:  # partial blocks: read-modify-write of flying ones
+        f.seek(4000)
+        f.write(patch)
+        f.seek(len(a))
+        f.write(b"tail")
+    a[4000:9000] = patch
+    a += b"tail"
+    assert vol.read_bytes("/a") == a
+    vol.unlink("/x")
+
+    crash = open_copy(plex.spec, tmp_path / "crash.img")
+    try:
+        assert crash.store.cp == cp_n
+        assert crash.read_bytes("/x") == x
+        assert not crash.exists("/a")
+        assert fsck(crash.store).clean
+    finally:
+        crash.close()
+
+    plex.release()
+    vol.sync()
+    assert vol.store.cp == cp_n + 2
+    assert vol.read_bytes("/a") == a and not vol.exists("/x")
+    assert fsck(vol.store).clean
+
+
+def test_the_cp_after_a_flown_one_never_overwrites_its_blocks(
+        gated: tuple[Volume, GatedPlex], tmp_path: Path) -> None:
+    """Once a flying CP lands, its plane is the committed one (what the allocator
+    never hands out), and a crash during the next CP, which frees /a's blocks
+    (an unlink) and writes as much elsewhere, finds the flown CP whole."""
+    vol, plex = gated
+    rng = random.Random(8)
+    plex.hold()
+    a = rng.randbytes(300 * KIB)
+    vol.write_bytes("/a", a)  # CP n+1 flies carrying /a
+    wait_at_gate(vol, plex)
+    cp_flown = vol.store.cp + 1
+    plex.release()
+    vol.store.drain()
+    assert vol.store.cp == cp_flown
+    store = vol.store
+    on_disk = plane_from_tree(store.plane_tree, store.plane_words)
+    assert np.array_equal(store.alloc.committed, on_disk)
+
+    # CP n+2 unlinks /a (placed first, its blocks are freed before /b's are taken)
+    # and writes /b; the allocator may take any free block: start its search at
+    # block 0, below /a's blocks
+    vol.store.alloc._cursor = 0
+    plex.hold()
+    vol.unlink("/a")
+    vol.write_bytes("/b", rng.randbytes(200 * KIB))
+    vol.store.commit(wait=False)
+    wait_at_gate(vol, plex)
+
+    crash = open_copy(plex.spec, tmp_path / "crash.img")  # CP n+2's data, not its slots
+    try:
+        assert crash.store.cp == cp_flown
+        assert crash.read_bytes("/a") == a
+        assert fsck(crash.store).clean
+    finally:
+        crash.close()
+    plex.release()
+    vol.store.drain()
+    assert fsck(vol.store).clean
