@@ -400,6 +400,8 @@ class Volume:
         if not read_only:
             try:
                 vol._pin_bases_at_open(absent, labels)
+                # after the pins: they must name the CP the absent plexes hold, not a newer one
+                vol.fs.reclaim_orphans()  # files a close or a crash left unlinked but open
             except BaseException:
                 vol.close()
                 raise

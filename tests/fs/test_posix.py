@@ -374,8 +374,6 @@ def test_unlinked_open_file_lives_until_closed(volume: Volume) -> None:
     assert_clean(volume)
 
 
-@pytest.mark.xfail(reason="fsck reports an unlinked file that is still open (an orphan, "
-                   "nlink 0) as an unnamed inode and its blocks as leaked", strict=True)
 def test_fsck_is_clean_with_an_unlinked_open_file(volume: Volume) -> None:
     """An unlinked file that is still open is a valid state (POSIX keeps it until the last
     close), so fsck after a CP finds nothing wrong while it is open."""
@@ -387,9 +385,6 @@ def test_fsck_is_clean_with_an_unlinked_open_file(volume: Volume) -> None:
         assert report.clean, [str(f) for f in report.findings]
 
 
-@pytest.mark.xfail(reason="an orphan left by closing the volume (or a crash) while an "
-                   "unlinked file is open is never reclaimed: its blocks leak for good",
-                   strict=True)
 def test_orphan_left_at_close_is_reclaimed_on_open(volume: Volume) -> None:
     """A file unlinked while open, when the volume closes (or the power fails) before the
     file does, is freed when the volume opens again: free space returns and fsck is clean."""

@@ -12,17 +12,49 @@ such inode is read-only (EROFS).
 
 Errors carry an errno (FsError); only ``daemon/`` turns them into FUSE
 replies. Every public method takes the store lock.
+
+Orphans (ext4's orphan list, as a directory). POSIX keeps a file whose
+last link goes while it is open until its last close. Such an *orphan* has
+``nlink`` 0 and no name, yet its blocks are in use, and if the volume
+closes or the power fails before the last close nothing would ever free
+it. So ``_drop_link`` lists it, in the same CP that drops its last link, in
+the orphan directory: inode ORPHAN_INO (0, a number the object table never
+hands out), a directory like any other (hashed buckets, ``Directory``) but
+reachable from no root, shown by no readdir or lookup, holding one entry
+per orphan named by its decimal inode number. Keeps: in every committed
+image, an inode with ``nlink`` 0 is listed there, and everything listed
+has ``nlink`` 0 (``link`` refuses an unlinked inode with ENOENT, as Linux
+does). An entry goes only together with freeing its inode (or, if it names
+a free or linked inode, as stale), in two places:
+
+* ``released`` (the last close);
+* ``reclaim_orphans``, at every writable open (``Volume.attach``) and
+  after a rollback: it frees every listed inode nobody has open and
+  commits. Its cost follows the number of orphans (one pass over the
+  orphan directory), never the size of the object table. A read-only open
+  leaves them listed, and fsck counts them as reachable (``_fsck.py``).
+
+The orphan directory is created by the first orphan and released by the
+CP that finds it empty (``_flush_dirs``), never in the same CP as it is
+created, so a volume with no orphans is exactly a format-1 volume of
+before (an older mirrorfs reads it unchanged) and a snapshot holds the
+orphan directory only when it was taken while a file was open and
+unlinked. Why a directory and not a list in the superblock: the slot has no
+room to grow, the directory code already gives O(1) insert and removal in
+one bucket leaf, and fsck and the resync already walk every object's tree,
+so the list costs no new on-disk structure.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import stat
 from collections.abc import Iterator
 
-from ..errors import FsError, NoSpace
-from ..ondisk import MAX_NAME_LEN, ROOT_INO, Inode, SnapshotRecord
+from ..errors import CorruptBlock, FormatError, FsError, NoSpace
+from ..ondisk import MAX_NAME_LEN, ORPHAN_INO, ROOT_INO, Inode, SnapshotRecord
 from ..store import ObjectTable, ObjectView, Store
 from ._dir import Directory
 
@@ -34,6 +66,8 @@ LOCAL_MASK = (1 << SNAP_SHIFT) - 1
 RELATIME_NS = 24 * 3600 * 10**9
 BLOCK_UNITS = 512  # st_blocks counts 512-byte units
 MAX_FILE_SIZE = (1 << 63) - 1  # bytes; Linux's MAX_LFS_FILESIZE, and fits the inode's u64
+
+log = logging.getLogger(__name__)
 
 
 def dtype_of(mode: int) -> int:
@@ -88,17 +122,26 @@ class FileSystem:
         self._views: dict[int, ObjectView] = {}
         self.open_counts: dict[int, int] = {}
         self._dirty_dirs: dict[int, Directory] = {}
+        self._orphans_shrunk = False  # an orphan entry went since the last CP
         store.pre_commit.append(self._flush_dirs)
 
     def _mark_dirty(self, ino: int, d: Directory) -> None:
         self._dirty_dirs[ino] = d
 
     def _flush_dirs(self) -> None:
-        """Before each CP: directories encode the buckets they changed."""
+        """Before each CP: directories encode the buckets they changed; an empty orphan
+        directory goes (here, not when its last entry goes, so it is never released and
+        created again within one CP)."""
         dirty, self._dirty_dirs = self._dirty_dirs, {}
         for d in dirty.values():
             if d.view is self.objects:
                 d.flush()
+        if self._orphans_shrunk:
+            self._orphans_shrunk = False
+            ind = self.objects.inode(ORPHAN_INO)
+            if not ind.free and ind.size == 0:
+                self._dirs.pop((id(self.objects), ORPHAN_INO), None)
+                self.objects.release(ORPHAN_INO)
 
     # -- set-up -------------------------------------------------------------
 
@@ -179,6 +222,8 @@ class FileSystem:
                          size=len(self.store.snapshots), atime_ns=root.atime_ns,
                          mtime_ns=root.mtime_ns, ctime_ns=root.ctime_ns)
         view, local = self._image(ino)
+        if local == ORPHAN_INO:  # the orphan directory has no name and no number outside
+            raise FsError(errno.ENOENT, "", f"no inode {ino}")
         ind = view.inode(local)
         if ind.free:
             raise FsError(errno.ENOENT, "", f"no inode {ino}")
@@ -349,6 +394,9 @@ class FileSystem:
             if stat.S_ISDIR(ind.mode):
                 raise FsError(errno.EPERM, name.decode(errors="replace"),
                               "hard links to directories are not allowed")
+            if ind.nlink == 0:  # an open, unlinked file stays an orphan (Linux: ENOENT)
+                raise FsError(errno.ENOENT, name.decode(errors="replace"),
+                              "the file was unlinked")
             if (parent == ROOT_INO and name == SNAPDIR_NAME) or self._dir(parent).lookup(name):
                 raise FsError(errno.EEXIST, name.decode(errors="replace"))
             now = self._now()
@@ -369,6 +417,8 @@ class FileSystem:
             self.objects.release(ino)
         else:
             self.objects.update(ino, nlink=max(0, nlink), ctime_ns=now)
+            if nlink <= 0:  # open: kept until its last close, listed until then
+                self._orphan(ino, ind.mode)
 
     def unlink(self, parent: int, name: bytes) -> None:
         with self.lock:
@@ -576,6 +626,73 @@ class FileSystem:
                 ind = self.objects.inode(ino)
                 if not ind.free and ind.nlink == 0:
                     self.objects.release(ino)
+                    self._unorphan(ino)
+
+    # -- orphans (see the module docstring) ---------------------------------
+
+    def _orphan_dir(self, create: bool = False) -> Directory | None:
+        """The orphan directory of the active image (None when it has none)."""
+        if self.objects.inode(ORPHAN_INO).free:
+            if not create:
+                return None
+            now = self._now()
+            self.objects.set_inode(ORPHAN_INO, Inode(
+                mode=stat.S_IFDIR | 0o700, nlink=2, atime_ns=now, mtime_ns=now, ctime_ns=now,
+                parent=ORPHAN_INO))
+        return self._dir(ORPHAN_INO)
+
+    def _orphan(self, ino: int, mode: int) -> None:
+        """List ``ino``, whose last link just went while it is open."""
+        d = self._orphan_dir(create=True)
+        assert d is not None
+        name = str(ino).encode()
+        if d.lookup(name) is None:
+            d.add(name, ino, dtype_of(mode))
+
+    def _unorphan(self, ino: int) -> None:
+        d = self._orphan_dir()
+        name = str(ino).encode()
+        if d is not None and d.lookup(name) is not None:
+            d.remove(name)
+            self._orphans_shrunk = True
+
+    def orphans(self) -> list[int]:
+        """Inodes of the active image that are unlinked but kept (open, or left by a crash)."""
+        with self.lock:
+            d = self._orphan_dir()
+            return sorted(ino for _, ino, _, _ in d.entries()) if d is not None else []
+
+    def reclaim_orphans(self) -> int:
+        """Free every orphan nobody here has open, and commit; returns how many were freed.
+
+        Run at a writable open (the orphans a close or a crash left) and after a
+        rollback. Reads the orphan directory and the listed inodes only. With an
+        unreadable object table it frees what it can: the rest stays listed for the
+        next open, and fsck reports the damage.
+        """
+        with self.lock:
+            if self.store.read_only or self.store.broken is not None:
+                return 0
+            freed = 0
+            try:
+                d = self._orphan_dir()
+                if d is None:
+                    return 0
+                for _h, ino, _t, name in list(d.entries()):
+                    if self.open_counts.get(ino):
+                        continue
+                    ind = self.objects.inode(ino)
+                    if not ind.free and ind.nlink == 0:  # anything else: a stale entry
+                        self.objects.release(ino)
+                        freed += 1
+                    d.remove(name)
+                    self._orphans_shrunk = True
+            except (CorruptBlock, FormatError) as e:
+                log.info("orphans left for a later open: %s", e)
+            if self._orphans_shrunk:
+                self.store.commit()
+                log.info("freed %d orphan inode(s)", freed)
+            return freed
 
     def statfs(self) -> StatFs:
         with self.lock:
@@ -593,6 +710,7 @@ class FileSystem:
             self.store.rollback(name)
             self.reset_caches()
             self._views.clear()
+            self.reclaim_orphans()  # the snapshot's orphans that nobody here has open
 
     # -- paths (the Python API and the offline CLI) ---------------------------
 

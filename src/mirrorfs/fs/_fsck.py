@@ -9,7 +9,12 @@ Checks, in order:
 * ``checksums``: every block of every tree of the active image and of each
   snapshot, on every readable plex, matches the checksum its parent holds.
 * ``namespace``: every entry names a used inode of the type it says; link
-  counts equal the references; every used inode is reachable.
+  counts equal the references; every used inode is reachable. The orphan
+  directory (``ORPHAN_INO``, fs/_fs.py "Orphans") is a second root: an
+  inode it lists is reachable with no links (``nlink`` 0, named by no
+  directory), so an unlinked file that is still open, or that a close or a
+  crash left for the next writable open to free, is no finding; an inode
+  with ``nlink`` 0 that it does not list is one.
 * ``block-map``: the active plane holds exactly the blocks the active image
   reaches (nothing leaked, nothing missing); each snapshot's plane holds
   every block its image reaches.
@@ -25,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import CorruptBlock, FormatError
-from ..ondisk import ROOT_INO, PtrArray, decode_bucket
+from ..ondisk import ORPHAN_INO, ROOT_INO, PtrArray, decode_bucket
 from ..store import ObjectView, Store, Tree, inodes, plane_from_tree
 from ..store import _planes as planes
 from ..store._objects import ptr_of
@@ -236,6 +241,7 @@ def _namespace(view: ObjectView, w: _Walker, report: FsckReport, count: bool) ->
     subdirs: dict[int, int] = {}
     paths: dict[int, str] = {ROOT_INO: "/"}
     used: dict[int, int] = {}
+    orphans: set[int] = set()  # listed in the orphan directory: reachable, not linked
     try:
         for ino, ind in inodes(view):
             used[ino] = ind.mode
@@ -243,6 +249,15 @@ def _namespace(view: ObjectView, w: _Walker, report: FsckReport, count: bool) ->
         report.findings.append(Finding("namespace", view.name, f"object table unreadable: {e}"))
         return
     stack = [ROOT_INO]
+    if ORPHAN_INO in used:
+        refs[ORPHAN_INO] = 1
+        paths[ORPHAN_INO] = "<orphans>"
+        if stat.S_ISDIR(used[ORPHAN_INO]):
+            stack.insert(0, ORPHAN_INO)
+        else:
+            report.findings.append(Finding("namespace", view.name,
+                                           "the orphan directory is not a directory",
+                                           "<orphans>"))
     while stack:
         d = stack.pop()
         dpath = paths[d]
@@ -250,7 +265,7 @@ def _namespace(view: ObjectView, w: _Walker, report: FsckReport, count: bool) ->
         tree = view.tree(d)
         if not w.tree(tree, dpath):
             continue
-        if count:
+        if count and d != ORPHAN_INO:
             report.directories += 1
         for i in tree.nonnull_leaves(0, 1 << (ind.dir_depth)).tolist():
             try:
@@ -261,6 +276,12 @@ def _namespace(view: ObjectView, w: _Walker, report: FsckReport, count: bool) ->
                 continue
             for _h, child, typ, name in entries:
                 cpath = dpath.rstrip("/") + "/" + name.decode(errors="replace")
+                if d == ORPHAN_INO:
+                    cpath = f"<orphan {child}>"
+                    if name != str(child).encode():
+                        report.findings.append(Finding(
+                            "namespace", view.name, f"orphan entry {name!r} names inode "
+                            f"{child}", cpath))
                 mode = used.get(child)
                 if mode is None:
                     report.findings.append(Finding("namespace", view.name,
@@ -269,9 +290,18 @@ def _namespace(view: ObjectView, w: _Walker, report: FsckReport, count: bool) ->
                 if stat.S_IFMT(mode) >> 12 != typ:
                     report.findings.append(Finding("namespace", view.name,
                                                    "entry type differs from the inode", cpath))
-                refs[child] = refs.get(child, 0) + 1
+                if d == ORPHAN_INO:
+                    if child in orphans or child == ORPHAN_INO:
+                        what = "the orphan directory lists itself" if child == ORPHAN_INO \
+                            else "listed twice as an orphan"
+                        report.findings.append(Finding("namespace", view.name, what, cpath))
+                        continue
+                    orphans.add(child)
+                else:
+                    refs[child] = refs.get(child, 0) + 1
                 if stat.S_ISDIR(mode):
-                    subdirs[d] = subdirs.get(d, 0) + 1
+                    if d != ORPHAN_INO:
+                        subdirs[d] = subdirs.get(d, 0) + 1
                     if child in paths:
                         report.findings.append(Finding("namespace", view.name,
                                                        "directory linked twice", cpath))
@@ -285,11 +315,20 @@ def _namespace(view: ObjectView, w: _Walker, report: FsckReport, count: bool) ->
                     w.tree(view.tree(child), cpath)
     for ino, mode in used.items():
         ind = view.inode(ino)
-        if ino not in refs:
+        if ino in orphans:
+            if ino in refs:
+                report.findings.append(Finding("namespace", view.name,
+                                               "listed as an orphan but named by a directory",
+                                               paths.get(ino)))
+                continue
+            want = 0
+        elif ino not in refs:
             report.findings.append(Finding("namespace", view.name,
-                                           f"inode {ino} is used but no directory names it"))
+                                           f"inode {ino} is used but no directory names it "
+                                           "and the orphan directory does not list it"))
             continue
-        want = 2 + subdirs.get(ino, 0) if stat.S_ISDIR(mode) else refs[ino]
+        else:
+            want = 2 + subdirs.get(ino, 0) if stat.S_ISDIR(mode) else refs[ino]
         if ind.nlink != want:
             report.findings.append(Finding("namespace", view.name,
                                            f"link count {ind.nlink}, expected {want}",

@@ -17,6 +17,7 @@ from ._dirent import encode_bucket as encode_bucket
 from ._dirent import entry_size as entry_size
 from ._dirent import name_hash as name_hash
 from ._inode import INODE_SIZE as INODE_SIZE
+from ._inode import ORPHAN_INO as ORPHAN_INO
 from ._inode import ROOT_INO as ROOT_INO
 from ._inode import ZERO_PTR as ZERO_PTR
 from ._inode import Inode as Inode

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from ..errors import FormatError
 
+# Version 1 gained the orphan directory (inode 0, _inode.py ORPHAN_INO) without a bump:
+# a volume without orphans is unchanged, and an older reader of one with orphans only
+# sees unnamed inodes (docs/format.md, section 11, "Changes within version 1").
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 MIN_BLOCK_SIZE = 4096

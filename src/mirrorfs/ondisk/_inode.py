@@ -4,6 +4,12 @@ Owns the inode layout. Keeps: an inode's root pointer and height describe a
 block tree whose leaves are the object's bytes (files, symlink targets) or
 its hash buckets (directories).
 
+Reserved numbers. Inode 1 (ROOT_INO) is the root directory. Inode 0
+(ORPHAN_INO) is never handed out by the object table (its counter starts at
+1); it names the hidden orphan directory, which lists the inodes whose last
+link went while they were still open (fs/_fs.py, "Orphans"). It exists only
+while it lists something, so a volume without orphans has no inode 0.
+
 Layout (INODE_SIZE = 128 bytes, little-endian)::
 
     off size field
@@ -40,6 +46,7 @@ _INODE = struct.Struct("<IIIIQqqqQ32sBBHIQQ16x")
 assert _INODE.size == INODE_SIZE
 ZERO_PTR = bytes(PTR_SIZE)
 ROOT_INO = 1
+ORPHAN_INO = 0  # the hidden orphan directory; never returned by ObjectTable.new_ino
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
