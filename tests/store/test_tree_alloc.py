@@ -83,8 +83,12 @@ class Harness:
         self.model: Leaves = {}
         self.cp = 0
 
-    def commit(self, batches: list[dict[int, bytes | None]]) -> list[int]:
-        """One CP: each batch is written and placed in turn, then the tree is sealed."""
+    def commit(self, batches: list[dict[int, bytes | None]], small: bool = False) -> list[int]:
+        """One CP: each batch is written and placed in turn, then the tree is sealed.
+
+        With ``small`` (one batch, a ``small_placeable`` tree) the tree goes through
+        ``Tree.place_and_seal_small`` instead, as the CP of many small files does.
+        """
         self.cp += 1
         committed_before = self.alloc.committed.copy()
         for batch in batches:
@@ -94,8 +98,14 @@ class Harness:
                     self.model.pop(i, None)
                 else:
                     self.model[i] = d
+            if small:
+                assert len(batches) == 1 and self.tree.small_placeable
+                break
             self.tree.place(self.alloc, self.cp)
-        blks, datas = self.tree.seal()
+        if small:
+            blks, datas = Tree.place_and_seal_small([self.tree], self.alloc, self.cp)
+        else:
+            blks, datas = self.tree.seal()
         written = np.array(blks, dtype=np.uint64)
         assert len(set(blks)) == len(blks), "a block written twice in one CP"
         assert not planes.test_bits(committed_before, written).any(), (
@@ -147,6 +157,27 @@ def test_tree_random_dirty_patterns(cps: list[list[dict[int, int | None]]]) -> N
     for batches in cps:
         h.commit([{i: None if t is None else leaf(t) for i, t in b.items()} for b in batches])
         h.check()
+
+
+@pytest.mark.parametrize("first", [
+    {0: 1}, {0: 1, 1: 2, 2: 3}, {i: i + 1 for i in range(FANOUT)}, {5: 9},
+    {0: None, 1: 4}, {0: 1, 3: None, 7: 2},
+])
+def test_small_trees_placed_in_a_batch_equal_the_per_tree_path(
+        first: dict[int, int | None]) -> None:
+    """A new tree whose leaves hang from one node, and a one-block tree rewritten, placed
+    by ``place_and_seal_small``: they read back, reach exactly their blocks, and go on
+    through the per-tree path in later CPs (growth, rewrites, holes)."""
+    h = Harness()
+    h.commit([{i: None if v is None else leaf(v) for i, v in first.items()}], small=True)
+    h.check()
+    if h.tree.height == 0:  # a one-block tree: its rewrite takes the batch path too
+        h.commit([{0: leaf(77)}], small=True)
+        h.check()
+    h.commit([{1: leaf(5), FANOUT + 2: leaf(6)}])
+    h.check()
+    h.commit([{0: None, 1: leaf(8)}])
+    h.check()
 
 
 def test_tree_growth_by_two_levels_keeps_old_leaves() -> None:

@@ -240,15 +240,15 @@ class ObjectTable(ObjectView):
 
     def place_and_seal(self, space: Space, cp: int) -> tuple[list[int], list[bytes | bytearray]]:
         """Commit every dirty object, then the object table itself; return the writes."""
-        blks: list[int] = []
-        datas: list[bytes | bytearray] = []
-        for ino, tree in list(self._trees.items()):
-            if not tree.is_dirty:
-                continue
-            tree.place(space, cp)
-            b, d = tree.seal()
-            blks += b
-            datas += d
+        small = [(ino, t) for ino, t in self._trees.items() if t.small_placeable]
+        blks, datas = Tree.place_and_seal_small([t for _, t in small], space, cp)
+        rest = [(ino, t) for ino, t in self._trees.items() if t.is_dirty]
+        for ino, tree in small + rest:
+            if tree.is_dirty:
+                tree.place(space, cp)
+                b, d = tree.seal()
+                blks += b
+                datas += d
             ind = self.inode(ino)
             self.set_inode(ino, dataclasses.replace(
                 ind, root=ptr_bytes(tree.root), height=tree.height,

@@ -284,8 +284,7 @@ class Store:
             self._land()
             if self.read_only or self.broken is not None:
                 return False
-            for hook in self.pre_commit:
-                hook()
+            self._run_hooks()
             if not force and not self.dirty:
                 return False
             try:
@@ -312,6 +311,11 @@ class Store:
             fl.done.wait()
         self.drain()
 
+    def _run_hooks(self) -> None:
+        """Bring in-memory caches into the objects (directories encode their buckets)."""
+        for hook in self.pre_commit:
+            hook()
+
     def _cp_state(self) -> CpState:
         return CpState(self.cp, self.cp_id, ptr_bytes(self.objects.objtab.root),
                        self.objects.objtab.height, ptr_bytes(self.plane_tree.root),
@@ -325,6 +329,7 @@ class Store:
     def _launch(self, background: bool) -> None:
         """Step 1 under the lock, then steps 2-4 in a thread (``background``) or right here."""
         assert self._flight is None
+        self._run_hooks()  # again: a CP started from _land (resync bases) comes here directly
         cp = self.cp + 1
         alloc = self.alloc
         blks, datas = self.objects.place_and_seal(alloc, cp)
