@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import NoSpace, ReadOnly
 from ..ondisk import INODE_SIZE, PTR_DTYPE, Inode, PtrArray, ptr_bytes
+from ..plex import Buffer
 from ._tree import BlockSource, Space, Tree
 
 INODE_CACHE = 1 << 17  # most clean inodes kept decoded
@@ -174,6 +175,10 @@ class ObjectTable(ObjectView):
             return 0
         bs = self.block_size
         tree = self.tree(ino)
+        # Whole blocks are copied block by block: small heap allocations, and bytes
+        # objects, which the cyclic GC never scans. Views into the caller's buffer
+        # were tried: memoryviews are GC-tracked, and 65536 of them in a CP made
+        # every collection scan them (write CPU through a mount went up by half).
         mv = memoryview(data).cast("B")
         pos = 0
         first = offset // bs
@@ -238,7 +243,7 @@ class ObjectTable(ObjectView):
 
     # -- the CP -------------------------------------------------------------
 
-    def place_and_seal(self, space: Space, cp: int) -> tuple[list[int], list[bytes | bytearray]]:
+    def place_and_seal(self, space: Space, cp: int) -> tuple[list[int], list[Buffer]]:
         """Commit every dirty object, then the object table itself; return the writes."""
         small = [(ino, t) for ino, t in self._trees.items() if t.small_placeable]
         blks, datas = Tree.place_and_seal_small([t for _, t in small], space, cp)

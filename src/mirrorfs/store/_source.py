@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from ..mirror import MirrorSet
 from ..ondisk import PTR_DTYPE, PtrArray
+from ..plex import Buffer
 
 NODE_CACHE_NODES = 65536  # most decoded nodes kept (256 MiB at 4 KiB blocks)
 
@@ -30,9 +31,9 @@ class MirrorSource:
         self._cache: OrderedDict[bytes, PtrArray] = OrderedDict()
         self._limit = cache_nodes
         self._pblks = np.zeros(0, dtype=np.uint64)  # pending blocks, sorted
-        self._pdata: list[bytes | bytearray] = []  # their bytes, in the same order
+        self._pdata: list[Buffer] = []  # their bytes, in the same order
 
-    def set_pending(self, blks: npt.NDArray[np.uint64], datas: list[bytes | bytearray]) -> None:
+    def set_pending(self, blks: npt.NDArray[np.uint64], datas: list[Buffer]) -> None:
         """The CP in flight writes ``datas[i]`` to ``blks[i]`` (sorted): read them from here."""
         self._pblks, self._pdata = blks, datas
 

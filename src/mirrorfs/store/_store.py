@@ -70,6 +70,7 @@ from ..ondisk import (
     null_ptrs,
     ptr_bytes,
 )
+from ..plex import Buffer
 from . import _planes as planes
 from ._alloc import Allocator
 from ._clock import Clock, SystemClock
@@ -81,7 +82,7 @@ from ._tree import DEFERRED, Tree
 
 log = logging.getLogger(__name__)
 
-DIRTY_LIMIT_BYTES = 256 << 20  # most dirty data before a write forces a CP
+DIRTY_LIMIT_BYTES = 32 << 20  # most dirty data before a write forces a CP
 SPACE_MARGIN = 1.02  # metadata allowance per dirty leaf when checking free space
 SPACE_SLACK_BLOCKS = 256  # blocks kept back for the metadata of the last CP
 
@@ -108,7 +109,7 @@ class _Flight:
     prev_cp_id: uuid.UUID
     now_ns: int
     blks: np.ndarray  # sorted
-    datas: list[bytes | bytearray]  # in the order of blks
+    datas: list[Buffer]  # in the order of blks
     plane: np.ndarray  # the CP's active plane: ``committed`` once it lands
     state: CpState
     n_snapshots: int
@@ -444,7 +445,7 @@ class Store:
         with self.lock:
             self._pin_base(self.committed, self.alloc.committed.copy())
 
-    def _place_snaptab(self, cp: int) -> tuple[list[int], list[bytes | bytearray]]:
+    def _place_snaptab(self, cp: int) -> tuple[list[int], list[Buffer]]:
         per = self.block_size // SNAP_SIZE
         recs = [r.encode() for r in self.snapshots]
         nleaves = -(-len(recs) // per)
@@ -456,7 +457,7 @@ class Store:
         self.snap_tree.place(self.alloc, cp)
         return self.snap_tree.seal()
 
-    def _place_plane(self, cp: int) -> tuple[list[int], list[bytes | bytearray]]:
+    def _place_plane(self, cp: int) -> tuple[list[int], list[Buffer]]:
         """Place the plane's changed leaves until the plane holds its own blocks."""
         alloc = self.alloc
         w = self.leaf_words

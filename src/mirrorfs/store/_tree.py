@@ -33,11 +33,12 @@ import numpy.typing as npt
 from ..errors import CorruptBlock
 from ..ondisk import PTR_DTYPE, PtrArray, null_ptrs
 from ..ondisk._ptr import checksums
+from ..plex import Buffer
 
 NODE_READAHEAD = 32  # extra sibling nodes fetched with the ones a read needs
 DEFERRED = bytes(1)  # a dirty leaf whose bytes are given at seal time (the plane), by identity
 _CLEAN = object()
-Leaf = bytes | bytearray | None
+Leaf = bytes | bytearray | memoryview | None
 I64 = npt.NDArray[np.int64]
 
 
@@ -327,7 +328,7 @@ class Tree:
 
     @staticmethod
     def place_and_seal_small(trees: Sequence[Tree], space: Space, cp: int
-                             ) -> tuple[list[int], list[bytes | bytearray]]:
+                             ) -> tuple[list[int], list[Buffer]]:
         """``place`` + ``seal`` of many ``small_placeable`` trees at once.
 
         A CP after many small files are written (an untar, a build) holds
@@ -338,7 +339,7 @@ class Tree:
         if not trees:
             return [], []
         leaf_idx: list[list[int]] = []
-        datas: list[bytes | bytearray] = []
+        datas: list[Buffer] = []
         for t in trees:
             keys = sorted(i for i, d in t.dirty.items() if d is not None)
             leaf_idx.append(keys)
@@ -458,16 +459,16 @@ class Tree:
         return int(parent["blk"][index % self.fanout])
 
     def seal(self, content: Callable[[int], bytes] | None = None
-             ) -> tuple[list[int], list[bytes | bytearray]]:
+             ) -> tuple[list[int], list[Buffer]]:
         """Fill checksums bottom-up; return (blocks, bytes) to write for this CP."""
         out_blks: list[int] = []
-        out_data: list[bytes | bytearray] = []
+        out_data: list[Buffer] = []
         if not self._cp_leaves and not self._cp_nodes:
             self._base = None
             return out_blks, out_data
         idx = np.array(sorted(i for i, d in self._cp_leaves.items() if d is not None),
                        dtype=np.int64)
-        datas: list[bytes | bytearray] = []
+        datas: list[Buffer] = []
         for i in idx.tolist():
             d = self._cp_leaves[i]
             assert d is not None
@@ -491,7 +492,7 @@ class Tree:
         return out_blks, out_data
 
     def _fill(self, level: int, idx: I64, cks: npt.NDArray[np.uint64], out_blks: list[int],
-              out_data: list[bytes | bytearray], datas: list[bytes] | list[bytes | bytearray]
+              out_data: list[Buffer], datas: list[bytes] | list[Buffer]
               ) -> None:
         """Put checksums of level-``level`` blocks into their parents and queue the writes."""
         if len(idx) == 0:
