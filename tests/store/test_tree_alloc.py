@@ -61,7 +61,8 @@ class MemSource:
             raise CorruptBlock(what, blk, "bad checksum in the test source")
         return data
 
-    def read_nodes(self, ptrs: PtrArray, what: str) -> list[PtrArray]:
+    def read_nodes(self, ptrs: PtrArray, what: str, ahead: PtrArray | None = None
+                   ) -> list[PtrArray]:
         return [np.frombuffer(self._get(p, what), dtype=PTR_DTYPE) for p in ptrs]
 
     def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes]:

@@ -10,11 +10,13 @@ from the bytes the CP writes, until it lands.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import CorruptBlock
 from ..mirror import MirrorSet
 from ..ondisk import PTR_DTYPE, PtrArray
 from ..plex import Buffer
@@ -51,28 +53,42 @@ class MirrorSource:
         hit = np.flatnonzero(pb[at] == blks)
         return hit, at[hit]
 
-    @staticmethod
-    def _key(ptr: np.void) -> bytes:
-        return ptr.tobytes()  # block, birth and checksum: a rewritten block never matches
+    def read_nodes(self, ptrs: PtrArray, what: str, ahead: PtrArray | None = None
+                   ) -> list[PtrArray]:
+        """Decoded nodes, from the cache or the plexes; on a miss, ``ahead`` is read too.
 
-    def read_nodes(self, ptrs: PtrArray, what: str) -> list[PtrArray]:
-        out: list[PtrArray | None] = []
-        missing: list[int] = []
-        for i in range(len(ptrs)):
-            node = self._cache.get(self._key(ptrs[i]))
-            if node is None:
-                missing.append(i)
-            else:
-                self._cache.move_to_end(self._key(ptrs[i]))
-            out.append(node)
+        ``ahead`` (siblings placed next to the wanted nodes) is read in the same
+        batch, so a sequential walk pays one read per batch of nodes, and a
+        walk that hits the cache pays nothing for read-ahead. A bad block among
+        ``ahead`` is left for whoever needs it to meet.
+        """
+        size = PTR_DTYPE.itemsize
+        raw = np.ascontiguousarray(ptrs).tobytes()
+        keys = [raw[i * size : (i + 1) * size] for i in range(len(ptrs))]
+        out = self._lookup(keys)
+        missing = [i for i, node in enumerate(out) if node is None]
+        if missing and ahead is not None and len(ahead):
+            with contextlib.suppress(CorruptBlock):
+                self.read_nodes(ahead, what)
+            out = self._lookup(keys)
+            missing = [i for i, node in enumerate(out) if node is None]
         if missing:
             datas = self.read_leaves(ptrs[missing], what)
             for i, data in zip(missing, datas, strict=True):
                 node = np.frombuffer(data, dtype=PTR_DTYPE).copy()  # not a view of the run
                 node.flags.writeable = False
                 out[i] = node
-                self._remember(self._key(ptrs[i]), node)
+                self._remember(keys[i], node)
         return [n for n in out if n is not None]
+
+    def _lookup(self, keys: list[bytes]) -> list[PtrArray | None]:
+        """Cached nodes by key (None where missing); hits become the most recent."""
+        cache = self._cache
+        out = [cache.get(k) for k in keys]
+        for k, node in zip(keys, out, strict=True):
+            if node is not None:
+                cache.move_to_end(k)
+        return out
 
     def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes | memoryview]:
         hit, at = self._pending(ptrs)

@@ -22,7 +22,6 @@ Concurrency. A tree is used under the store lock only.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
@@ -47,7 +46,8 @@ class BlockSource(Protocol):
 
     block_size: int
 
-    def read_nodes(self, ptrs: PtrArray, what: str) -> list[PtrArray]: ...
+    def read_nodes(self, ptrs: PtrArray, what: str, ahead: PtrArray | None = None
+                   ) -> list[PtrArray]: ...
 
     def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes | memoryview]: ...
 
@@ -101,12 +101,11 @@ class Tree:
         if self.height == 0:
             out[0] = self.root[0]
             return out
-        self._collect(self.root[0], self.height, 0, a, b, out, a)
+        self._collect(self._node(self.root), self.height, 0, a, b, out, a)
         return out
 
-    def _collect(self, ptr: np.void, level: int, first: int, a: int, b: int,
+    def _collect(self, node: PtrArray, level: int, first: int, a: int, b: int,
                  out: PtrArray, base: int) -> None:
-        node = self._node(np.asarray(ptr).reshape(1))
         span = self.fanout ** (level - 1)
         lo, hi = max(a, first), min(b, first + span * self.fanout)
         i0 = (lo - first) // span
@@ -115,15 +114,15 @@ class Tree:
             out[first + i0 - base : first + i1 - base] = node[i0:i1]
             return
         want = np.flatnonzero(node["blk"][i0:i1]) + i0
-        # Read the children in one batch, with some ahead: they were placed together, so
-        # the batch is one coalesced read and the next sequential reads hit the cache.
+        if not len(want):
+            return
+        # Children missing from the cache are read in one batch with some ahead: they
+        # were placed together, so it is one coalesced read, and the next sequential
+        # reads find theirs in the cache.
         ahead = np.flatnonzero(node["blk"][i0 : min(self.fanout, i1 + NODE_READAHEAD)]) + i0
-        if len(ahead):
-            # read-ahead only: a bad node this read needs is read (and fails) below
-            with contextlib.suppress(CorruptBlock):
-                self.src.read_nodes(node[ahead], self.what)
-        for i in want.tolist():
-            self._collect(node[i], level - 1, first + i * span, a, b, out, base)
+        kids = self.src.read_nodes(node[want], self.what, node[ahead])
+        for i, kid in zip(want.tolist(), kids, strict=True):
+            self._collect(kid, level - 1, first + i * span, a, b, out, base)
 
     def nonnull_leaves(self, a: int, b: int) -> I64:
         """Indices of committed non-hole leaves in [a, b), skipping hole subtrees."""
