@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from ..errors import PlexIOError
+
 Buffer = bytes | bytearray | memoryview
 
 
@@ -42,3 +44,16 @@ class Plex(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def read_by_readinto(plex: Plex, offset: int, length: int) -> bytes:
+    """``Plex.read`` for a plex whose primitive is ``readinto``."""
+    out = bytearray(length)
+    plex.readinto(offset, memoryview(out))
+    return bytes(out)
+
+
+def check_read(spec: str, offset: int, length: int, size: int) -> None:
+    """Refuse a read outside ``[0, size)`` with the plex named."""
+    if offset < 0 or offset + length > size:
+        raise PlexIOError(spec, f"read past the end ({offset + length} > {size})")

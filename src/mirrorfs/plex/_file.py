@@ -14,7 +14,7 @@ import stat
 from collections.abc import Sequence
 
 from ..errors import PlexBusy, PlexError, PlexIOError
-from ._base import Buffer
+from ._base import Buffer, check_read, read_by_readinto
 
 IOV_MAX = 1024  # most buffers per pwritev call (Linux's IOV_MAX)
 
@@ -96,14 +96,11 @@ class FilePlex:
         return self._size
 
     def read(self, offset: int, length: int) -> bytes:
-        out = bytearray(length)
-        self.readinto(offset, memoryview(out))
-        return bytes(out)
+        return read_by_readinto(self, offset, length)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         length = len(buf)
-        if offset < 0 or offset + length > self._size:
-            raise PlexIOError(self.spec, f"read past the end ({offset + length} > {self._size})")
+        check_read(self.spec, offset, length, self._size)
         got = 0
         while got < length:
             try:

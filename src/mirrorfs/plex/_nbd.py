@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit
 import nbd
 
 from ..errors import PlexError, PlexIOError
-from ._base import Buffer
+from ._base import Buffer, check_read, read_by_readinto
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +120,11 @@ class NbdPlex:
         return self._size
 
     def read(self, offset: int, length: int) -> bytes:
-        out = bytearray(length)
-        self.readinto(offset, memoryview(out))
-        return bytes(out)
+        return read_by_readinto(self, offset, length)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         length = len(buf)
-        if offset < 0 or offset + length > self._size:
-            raise PlexIOError(self.spec, f"read past the end ({offset + length} > {self._size})")
+        check_read(self.spec, offset, length, self._size)
         if length == 0:
             return
         what = f"reading {length} bytes at {offset}"

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from ..errors import PlexIOError
 from ..plex import Buffer, Plex
+from ..plex._base import read_by_readinto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +104,7 @@ class FaultyPlex:
             raise PlexIOError(self.spec, f"{what}: device vanished")
 
     def read(self, offset: int, length: int) -> bytes:
-        out = bytearray(length)
-        self.readinto(offset, memoryview(out))
-        return bytes(out)
+        return read_by_readinto(self, offset, length)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         self._gone("read")
