@@ -261,14 +261,10 @@ def _snapshot_delete(vol: Volume, args: dict[str, Any]) -> Any:
 
 
 def _scrub(vol: Volume, args: dict[str, Any]) -> Any:
-    from ..fs import fsck, scrub
+    from ..fs import scrub
 
     t0 = time.perf_counter()
-    if args.get("read_only"):
-        with vol.store.lock:
-            report = fsck(vol.store)
-    else:
-        report = scrub(vol.store)
+    report = scrub(vol.store, repair=not args.get("read_only"))
     doc = report.as_scrub_dict()
     doc["seconds"] = round(time.perf_counter() - t0, 3)
     return doc

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import CorruptBlock, FormatError
 from ..ondisk import ORPHAN_INO, ROOT_INO, PtrArray, decode_bucket
-from ..store import ObjectView, Store, Tree, inodes, plane_from_tree
+from ..store import Frozen, ObjectView, Store, Tree, inodes, plane_from_tree
 from ..store import _planes as planes
 from ..store._objects import ptr_of
 
@@ -95,7 +95,7 @@ class FsckReport:
 class _Walker:
     """Walks one image's trees, verifying each level on every plex before descending."""
 
-    def __init__(self, store: Store, report: FsckReport, image: str, repair: bool,
+    def __init__(self, store: Store | Frozen, report: FsckReport, image: str, repair: bool,
                  seen: np.ndarray, progress: Callable[[int], None] | None) -> None:
         self.store = store
         self.report = report
@@ -169,10 +169,41 @@ def fsck(store: Store, repair: bool = False,
     """Run every check on every image of the volume (committing first, when writable).
 
     The checks read committed trees; uncommitted changes would look like
-    unnamed inodes and leaked blocks.
+    unnamed inodes and leaked blocks. The store lock is held throughout.
     """
-    if not store.read_only:
-        store.commit()
+    with store.lock:
+        if not store.read_only:
+            store.commit()
+        report = _check(store, repair, progress)
+        _accounting(store, report)
+        return report
+
+
+def scrub(store: Store, progress: Callable[[int], None] | None = None,
+          repair: bool = True) -> FsckReport:
+    """Verify every block of every image on every in-sync plex and repair bad copies.
+
+    The findings left are the blocks bad on every plex (with their paths).
+    The walk runs without the store lock, so a mounted volume goes on
+    serving (and committing) meanwhile: it walks the last CP as
+    ``Store.freeze`` keeps it, whose blocks stay put until the walk ends,
+    and the accounting check runs under the lock at the end.
+    """
+    with store.lock:
+        if not store.read_only:
+            store.commit()
+        frozen = store.freeze()
+    try:
+        report = _check(frozen, repair, progress)
+    finally:
+        store.thaw(frozen)
+    with store.lock:
+        _accounting(store, report)
+    return report
+
+
+def _check(store: Store | Frozen, repair: bool,
+           progress: Callable[[int], None] | None) -> FsckReport:
     report = FsckReport()
     seen = np.zeros(store.plane_words, dtype=np.uint64)
     images: list[tuple[str, ObjectView, np.ndarray | None]] = [("active", store.objects, None)]
@@ -197,24 +228,18 @@ def fsck(store: Store, repair: bool = False,
                 report.findings.append(Finding(
                     "block-map", name, f"{len(missing)} reachable blocks missing from the "
                     f"snapshot's plane (first {int(missing[0])})"))
+    return report
+
+
+def _accounting(store: Store, report: FsckReport) -> None:
     st = store.statistics()
     used = planes.count(store.alloc.held())
     if st.free_blocks + used != store.nblocks:
         report.findings.append(Finding("accounting", "active",
                                        f"free {st.free_blocks} + used {used} != {store.nblocks}"))
-    return report
 
 
-def scrub(store: Store, progress: Callable[[int], None] | None = None) -> FsckReport:
-    """Verify every block of every image on every in-sync plex and repair bad copies.
-
-    The findings left are the blocks bad on every plex (with their paths).
-    """
-    with store.lock:
-        return fsck(store, repair=True, progress=progress)
-
-
-def _check_active_plane(store: Store, w: _Walker, report: FsckReport) -> None:
+def _check_active_plane(store: Store | Frozen, w: _Walker, report: FsckReport) -> None:
     reached = np.concatenate([*w.reached, store.reserved])
     uniq, counts = np.unique(reached, return_counts=True)
     dup = uniq[counts > 1]

@@ -10,6 +10,7 @@ from ._reach import image_blocks as image_blocks
 from ._reach import inodes as inodes
 from ._reach import tree_blocks as tree_blocks
 from ._source import MirrorSource as MirrorSource
+from ._store import Frozen as Frozen
 from ._store import Store as Store
 from ._store import StoreStats as StoreStats
 from ._store import empty_superblock as empty_superblock

@@ -6,6 +6,10 @@ last committed CP does not hold it, and it was not freed in the CP being
 built (freed blocks stay in ``committed`` until the CP commits), so a crash
 at any moment finds every block of CP n intact.
 
+Holds. ``hold`` keeps a plane's blocks from reuse while something reads
+them without the store lock (an online scrub walks the last CP and repairs
+its blocks in place): freed meanwhile, they stay held until ``release``.
+
 Next fit. Free blocks are taken from a window ahead of a cursor, in
 ascending order, so the blocks of one CP land in long runs and their writes
 coalesce. The window's free list stays valid for a whole CP: nothing becomes
@@ -37,6 +41,7 @@ class Allocator:
         self._free: Blocks = np.zeros(0, dtype=np.uint64)
         self._scanned = 0
         self._held_cache: int | None = None
+        self.holds: list[Words] = []  # planes kept from reuse for a while (an online scrub)
 
     def begin_cp(self) -> None:
         """Forget the free list: blocks freed by the last CP are free now."""
@@ -55,7 +60,19 @@ class Allocator:
 
     def held(self) -> Words:
         """Blocks no allocation may take."""
-        return self.active | self.committed | self.snap_union
+        out = self.active | self.committed | self.snap_union
+        for h in self.holds:
+            out |= h
+        return out
+
+    def hold(self, plane: Words) -> None:
+        """Keep the blocks of ``plane`` from reuse until ``release``."""
+        self.holds.append(plane)
+        self._held_cache = None
+
+    def release(self, plane: Words) -> None:
+        self.holds = [h for h in self.holds if h is not plane]
+        self._held_cache = None
 
     def free_blocks(self) -> int:
         if self._held_cache is None:
@@ -76,6 +93,8 @@ class Allocator:
             step = max(MIN_WINDOW_WORDS, 2 * -(-(want - have) // 64))
             w1 = min(nwords, w0 + step)
             held = self.active[w0:w1] | self.committed[w0:w1] | self.snap_union[w0:w1]
+            for h in self.holds:
+                held |= h[w0:w1]
             free_words = ~held
             blks = planes.to_blocks(free_words, 0, None) + np.uint64(w0 * 64)
             blks = blks[blks < np.uint64(self.nblocks)]

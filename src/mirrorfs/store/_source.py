@@ -32,26 +32,28 @@ class MirrorSource:
         self.block_size = mirror.block_size
         self._cache: OrderedDict[bytes, PtrArray] = OrderedDict()
         self._limit = cache_nodes
-        self._pblks = np.zeros(0, dtype=np.uint64)  # pending blocks, sorted
-        self._pdata: list[Buffer] = []  # their bytes, in the same order
+        # pending blocks (sorted) and their bytes, in one attribute: swapped whole
+        self._pending_set: tuple[npt.NDArray[np.uint64], list[Buffer]] = (
+            np.zeros(0, dtype=np.uint64), [])
 
     def set_pending(self, blks: npt.NDArray[np.uint64], datas: list[Buffer]) -> None:
         """The CP in flight writes ``datas[i]`` to ``blks[i]`` (sorted): read them from here."""
-        self._pblks, self._pdata = blks, datas
+        self._pending_set = (blks, datas)
 
     def clear_pending(self) -> None:
-        self._pblks, self._pdata = np.zeros(0, dtype=np.uint64), []
+        self._pending_set = (np.zeros(0, dtype=np.uint64), [])
 
-    def _pending(self, ptrs: PtrArray) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-        """(indices into ptrs, indices into the pending list) of the pending blocks."""
-        pb = self._pblks
+    def _pending(self, ptrs: PtrArray
+                 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], list[Buffer]]:
+        """(indices into ptrs, indices into the pending bytes, those bytes) of pending blocks."""
+        pb, pdata = self._pending_set
         if len(pb) == 0 or len(ptrs) == 0:
             empty = np.zeros(0, dtype=np.intp)
-            return empty, empty
+            return empty, empty, pdata
         blks = np.asarray(ptrs["blk"], dtype=np.uint64)
         at = np.minimum(np.searchsorted(pb, blks), len(pb) - 1)
         hit = np.flatnonzero(pb[at] == blks)
-        return hit, at[hit]
+        return hit, at[hit], pdata
 
     def read_nodes(self, ptrs: PtrArray, what: str, ahead: PtrArray | None = None
                    ) -> list[PtrArray]:
@@ -87,16 +89,17 @@ class MirrorSource:
         out = [cache.get(k) for k in keys]
         for k, node in zip(keys, out, strict=True):
             if node is not None:
-                cache.move_to_end(k)
+                with contextlib.suppress(KeyError):  # evicted meanwhile by another thread
+                    cache.move_to_end(k)
         return out
 
     def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes | memoryview]:
-        hit, at = self._pending(ptrs)
+        hit, at, pdata = self._pending(ptrs)
         if len(hit) == 0:
             return self.mirror.read_verified(ptrs, what)
         out: list[bytes | memoryview] = [b""] * len(ptrs)
         for i, j in zip(hit.tolist(), at.tolist(), strict=True):
-            out[i] = memoryview(self._pdata[j])
+            out[i] = memoryview(pdata[j])
         rest = np.setdiff1d(np.arange(len(ptrs)), hit)
         if len(rest):
             for i, d in zip(rest.tolist(), self.mirror.read_verified(ptrs[rest], what),
@@ -106,14 +109,14 @@ class MirrorSource:
 
     def read_leaves_into(self, ptrs: PtrArray, out: memoryview, pos: npt.NDArray[np.int64],
                          what: str) -> None:
-        hit, at = self._pending(ptrs)
+        hit, at, pdata = self._pending(ptrs)
         if len(hit) == 0:
             self.mirror.read_into(ptrs, out, pos, what)
             return
         bs = self.block_size
         for i, j in zip(hit.tolist(), at.tolist(), strict=True):
             p = int(pos[i])
-            out[p * bs : (p + 1) * bs] = self._pdata[j]
+            out[p * bs : (p + 1) * bs] = pdata[j]
         rest = np.setdiff1d(np.arange(len(ptrs)), hit)
         if len(rest):
             self.mirror.read_into(ptrs[rest], out, pos[rest], what)
@@ -127,7 +130,8 @@ class MirrorSource:
     def _remember(self, key: bytes, node: PtrArray) -> None:
         self._cache[key] = node
         if len(self._cache) > self._limit:
-            self._cache.popitem(last=False)
+            with contextlib.suppress(KeyError):  # emptied meanwhile by another thread
+                self._cache.popitem(last=False)
 
     def clear(self) -> None:
         self._cache.clear()

@@ -101,6 +101,29 @@ class CpState:
 
 
 @dataclasses.dataclass(eq=False)
+class Frozen:
+    """A committed CP of a store, read-only, with what fsck reads of a store (``freeze``)."""
+
+    store: Store
+    hold: np.ndarray
+    nblocks: int
+    plane_words: int
+    reserved: np.ndarray
+    src: MirrorSource
+    mirror: MirrorSet
+    objects: ObjectView
+    snapshots: list[SnapshotRecord]
+    snap_tree: Tree
+    plane_tree: Tree
+
+    def view(self, rec: SnapshotRecord) -> ObjectView:
+        return self.store.view(rec)
+
+    def snapshot_plane(self, rec: SnapshotRecord) -> np.ndarray:
+        return self.store.snapshot_plane(rec)
+
+
+@dataclasses.dataclass(eq=False)
 class _Flight:
     """A CP placed and sealed, on its way to the plexes (steps 2-4), and what it captured."""
 
@@ -585,6 +608,33 @@ class Store:
             np.copyto(self.alloc.active, active)
             self.alloc.begin_cp()
             self.commit(force=True)
+
+    def freeze(self) -> Frozen:
+        """The last committed CP as a read-only image, its blocks held until ``thaw``.
+
+        For walks that must not hold the lock (an online scrub): call with the
+        lock held, after a commit; every block the image or a snapshot reaches
+        stays where it is until ``thaw``, whatever CPs, deletions and
+        rollbacks happen meanwhile, so repairing a copy in place stays safe.
+        """
+        with self.lock:
+            self._land()
+            c = self.committed
+            plane = self.alloc.committed | self.alloc.snap_union
+            self.alloc.hold(plane)
+            return Frozen(
+                store=self, hold=plane, nblocks=self.nblocks, plane_words=self.plane_words,
+                reserved=self.reserved, src=self.src, mirror=self.mirror,
+                objects=ObjectView(self.src, ptr_of(c.objtab_root), c.objtab_height, c.next_ino),
+                snapshots=list(self.snapshots),
+                snap_tree=Tree(self.src, self.snap_tree.root, self.snap_tree.height,
+                               "snapshot table"),
+                plane_tree=Tree(self.src, ptr_of(c.plane_root), c.plane_height,
+                                "block-map plane"))
+
+    def thaw(self, frozen: Frozen) -> None:
+        with self.lock:
+            self.alloc.release(frozen.hold)
 
     def view(self, rec: SnapshotRecord) -> ObjectView:
         """A read-only view of the objects of a snapshot."""
