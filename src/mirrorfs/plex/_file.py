@@ -14,7 +14,7 @@ import stat
 from collections.abc import Sequence
 
 from ..errors import PlexBusy, PlexError, PlexIOError
-from ._base import Buffer, check_read, read_by_readinto
+from ._base import Buffer, check_read
 
 IOV_MAX = 1024  # most buffers per pwritev call (Linux's IOV_MAX)
 
@@ -96,7 +96,16 @@ class FilePlex:
         return self._size
 
     def read(self, offset: int, length: int) -> bytes:
-        return read_by_readinto(self, offset, length)
+        """One pread into a fresh bytes object: the scrub and resync path (one copy)."""
+        check_read(self.spec, offset, length, self._size)
+        try:
+            data = os.pread(self._fd, length, offset)
+        except OSError as e:
+            raise PlexIOError(self.spec,
+                              f"reading {length} bytes at {offset}: {e.strerror}") from None
+        if len(data) < length:
+            data += bytes(length - len(data))  # a sparse tail reads as zeros
+        return data
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         length = len(buf)

@@ -175,6 +175,11 @@ class Resync:
                 if not wanted:
                     continue
                 with st.lock:
+                    # No CP may fly while an extent is copied: a flying CP writes blocks
+                    # to the targets outside the lock, and one it reuses from this extent
+                    # could land before a stale copy of it read here. Under the lock no
+                    # new CP starts; this lands the one in flight, if any.
+                    st.drain()
                     sources = st.mirror.in_sync()
                     if not sources:
                         raise ResyncFailed("all targets", "no in-sync plex left to copy from")
