@@ -253,6 +253,8 @@ class FileSystem:
         tree = self.objects.tree(ino)
         if not tree.dirty:
             return 0
+        if not tree.committed:  # a new file: every dirty leaf with bytes is new (no walk)
+            return sum(1 for leaf in tree.dirty.values() if leaf is not None)
         committed = set(tree.nonnull_leaves(min(tree.dirty), max(tree.dirty) + 1).tolist())
         delta = 0
         for i, leaf in tree.dirty.items():

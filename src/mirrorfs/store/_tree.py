@@ -210,7 +210,14 @@ class Tree:
         offset = (a + int(hit[0])) * self.src.block_size
         return CorruptBlock(f"{what} at offset {offset}", blk, detail)
 
+    @property
+    def committed(self) -> bool:
+        """Whether any committed block hangs from this tree (False for a new object)."""
+        return self._base is not None or bool(self.root["blk"][0] != 0)
+
     def read_leaf(self, i: int) -> bytes | bytearray | memoryview | None:
+        if not self.committed:  # a new object: only its dirty leaves exist
+            return self.dirty.get(i)
         return self.read_leaves(i, i + 1)[0]
 
     def walk_ptrs(self) -> Iterator[tuple[int, PtrArray]]:
