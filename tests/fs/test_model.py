@@ -485,3 +485,28 @@ def test_volume_matches_model() -> None:
                           suppress_health_check=[HealthCheck.too_slow,
                                                  HealthCheck.filter_too_much]),
     )
+
+
+def test_volume_matches_model_with_cps_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same, with a dirty limit of one block: every write starts a CP that
+    flies in its own thread while the next steps read, write, free, snapshot and reopen
+    (``Store`` module docstring, "Pipelining"), and every invariant still holds."""
+    from mirrorfs.store import _store
+
+    monkeypatch.setattr(_store, "DIRTY_LIMIT_BYTES", BS)
+    flown = 0
+    launch = _store.Store._launch
+
+    def counting(self: _store.Store, background: bool) -> None:
+        nonlocal flown
+        flown += background
+        launch(self, background)
+
+    monkeypatch.setattr(_store.Store, "_launch", counting)
+    run_state_machine_as_test(
+        VolumeModel,
+        settings=settings(max_examples=60, stateful_step_count=50, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow,
+                                                 HealthCheck.filter_too_much]),
+    )
+    assert flown > 50, f"only {flown} CPs flew: the test did not test pipelining"
