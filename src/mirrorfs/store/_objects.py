@@ -180,24 +180,26 @@ class ObjectTable(ObjectView):
         # were tried: memoryviews are GC-tracked, and 65536 of them in a CP made
         # every collection scan them (write CPU through a mount went up by half).
         mv = memoryview(data).cast("B")
-        pos = 0
-        first = offset // bs
-        last = (offset + n - 1) // bs
+        end = offset + n
         before = len(tree.dirty)
-        for lb in range(first, last + 1):
-            lo = max(offset, lb * bs)
-            hi = min(offset + n, (lb + 1) * bs)
-            chunk = mv[pos : pos + (hi - lo)]
-            pos += hi - lo
-            if hi - lo == bs:
-                tree.dirty[lb] = bytes(chunk)
-                continue
+        fa, fb = -(-offset // bs), end // bs  # the whole blocks inside [offset, end)
+        if fa < fb:
+            base = fa * bs - offset
+            dirty = tree.dirty
+            for k, lb in enumerate(range(fa, fb)):
+                dirty[lb] = bytes(mv[base + k * bs : base + (k + 1) * bs])
+            edges = [lb for lb in (offset // bs, fb) if lb * bs < end and
+                     (lb * bs < offset or (lb + 1) * bs > end)]
+        else:
+            edges = list(range(offset // bs, (end - 1) // bs + 1))
+        for lb in edges:  # partial blocks: read, modify, keep as a bytearray
+            lo, hi = max(offset, lb * bs), min(end, (lb + 1) * bs)
             cur = tree.dirty.get(lb)
             if not isinstance(cur, bytearray):
                 old = cur if cur is not None and lb in tree.dirty else tree.read_leaf(lb)
                 cur = bytearray(old) if old is not None else bytearray(bs)
                 tree.dirty[lb] = cur
-            cur[lo - lb * bs : hi - lb * bs] = chunk
+            cur[lo - lb * bs : hi - lb * bs] = mv[lo - offset : hi - offset]
         self.dirty_leaves += len(tree.dirty) - before
         ind = self.inode(ino)
         if offset + n > ind.size:
