@@ -55,7 +55,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +80,8 @@ from _common import (
 )
 
 from mirrorfs.fs import scrub
-from mirrorfs.plex import Buffer, FilePlex
+from mirrorfs.plex import FilePlex
+from mirrorfs.testing import CountingPlex
 from mirrorfs.volume import Volume
 
 PLEX_COUNTS = (1, 2, 3)
@@ -134,36 +134,6 @@ def seq_write(work: Path, mib: int, n: int, pattern: bytes, prof: Path | None
             "final_sync_s": round(t2 - t1, 4), "cpu_s": round(c2 - c0, 4), "cps": cps}
 
 
-class CountingPlex:
-    """A FilePlex that counts the bytes read from it (to show how reads were spread)."""
-
-    def __init__(self, path: str) -> None:
-        self.inner = FilePlex(path)
-        self.spec = path
-        self.read_bytes = 0
-
-    @property
-    def size(self) -> int:
-        return self.inner.size
-
-    def read(self, offset: int, length: int) -> bytes:
-        self.read_bytes += length
-        return self.inner.read(offset, length)
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        self.read_bytes += len(buf)
-        self.inner.readinto(offset, buf)
-
-    def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
-        self.inner.writev(offset, bufs)
-
-    def flush(self) -> None:
-        self.inner.flush()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def seq_read_cold(work: Path, mib: int, n: int, pattern: bytes, prof: Path | None
                   ) -> dict[str, Any]:
     """Drop the images from the cache, reopen, read the file back in 1 MiB calls (timed).
@@ -173,7 +143,7 @@ def seq_read_cold(work: Path, mib: int, n: int, pattern: bytes, prof: Path | Non
     """
     cache = drop_cache(_plex_paths(work, n))
     t0 = time.perf_counter()
-    plexes = [CountingPlex(p) for p in _plex_paths(work, n)]
+    plexes = [CountingPlex(FilePlex(p)) for p in _plex_paths(work, n)]
     vol = Volume.attach(plexes, cp_interval=None)
     t_open = time.perf_counter() - t0
     stats0 = vol.mirror.statistics()

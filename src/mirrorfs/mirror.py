@@ -290,14 +290,17 @@ class MirrorSet:
     # -- writes -------------------------------------------------------------
 
     def write_blocks(self, blks: npt.NDArray[np.uint64], bufs: Sequence[Buffer]) -> None:
-        """Write ``bufs[i]`` to block ``blks[i]`` on every writable plex, coalesced."""
+        """Write ``bufs[i]`` to block ``blks[i]`` on every writable plex, coalesced.
+
+        Sorted on the way unless already in ascending order (a CP's writes are).
+        """
         if len(blks) == 0:
             return
-        order = np.argsort(blks, kind="stable")
-        sblks = blks[order]
-        sbufs = [bufs[i] for i in order.tolist()]
+        if len(blks) > 1 and not bool(np.all(blks[1:] > blks[:-1])):
+            order = np.argsort(blks, kind="stable")
+            blks, bufs = blks[order], [bufs[i] for i in order.tolist()]
         bs = self.block_size
-        plan = [(int(sblks[s]) * bs, sbufs[s:e]) for s, e in runs(sblks)]
+        plan = [(int(blks[s]) * bs, bufs[s:e]) for s, e in runs(blks)]
         nbytes = len(blks) * bs
 
         def write(slot: PlexSlot) -> None:

@@ -9,19 +9,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from mirrorfs import Volume
-
-MIRRORFS = [sys.executable, "-m", "mirrorfs"]
-
-
-def run(*args: str, cwd: Path, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*MIRRORFS, *args], cwd=cwd, capture_output=True, input=input,
-                          timeout=120)
+from mirrorfs.testing import run_cli as run
 
 
 def ok(*args: str, cwd: Path, input: bytes | None = None) -> bytes:
@@ -173,5 +166,5 @@ def test_foreign_plex_is_refused(vol: Path) -> None:
 def test_help_of_every_command() -> None:
     for cmd in (["--help"], ["mkfs", "--help"], ["snapshot", "diff", "--help"],
                 ["fsck", "--help"], ["status", "--help"], ["demo", "--help"]):
-        res = subprocess.run([*MIRRORFS, *cmd], capture_output=True, timeout=60)
+        res = run(*cmd, timeout=60)
         assert res.returncode == 0 and b"usage:" in res.stdout

@@ -16,14 +16,12 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,28 +38,14 @@ from mirrorfs.daemon._control import (
 from mirrorfs.daemon._mount import state_path
 from mirrorfs.errors import UsageError
 from mirrorfs.ondisk import SnapKind, SnapshotRecord
-from mirrorfs.testing import FakeClock
-
-MIRRORFS = [sys.executable, "-m", "mirrorfs"]
-
-
-def run(*args: str | os.PathLike[str], timeout: float = 120
-        ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*MIRRORFS, *map(str, args)], capture_output=True, timeout=timeout)
+from mirrorfs.testing import FakeClock, wait_for
+from mirrorfs.testing import run_cli as run
 
 
 def ok(*args: str | os.PathLike[str]) -> str:
     res = run(*args)
     assert res.returncode == 0, (args, res.returncode, res.stderr.decode())
     return res.stdout.decode()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 # -- the schedule, with a fake clock -------------------------------------------------
@@ -147,14 +131,6 @@ def test_timer_takes_scheduled_snapshots_and_prunes(tmp_path: Path) -> None:
 
 
 # -- through a real mount --------------------------------------------------------------
-
-
-@pytest.fixture
-def need_fuse() -> None:
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("/dev/fuse is missing")
-    if shutil.which("fusermount3") is None:
-        pytest.skip("fusermount3 is not installed")
 
 
 class Mount:

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-pyfuse3 = pytest.importorskip("pyfuse3")
-trio = pytest.importorskip("trio")
+pyfuse3 = pytest.importorskip("pyfuse3", reason="this machine lacks pyfuse3 (pip extra "
+                              "mirrorfs[fuse]; it needs libfuse3-dev to build)")
+trio = pytest.importorskip("trio", reason="this machine lacks trio (pip extra mirrorfs[fuse])")
 
 from mirrorfs.daemon._fuse import FuseOperations  # noqa: E402
 from mirrorfs.errors import CorruptBlock, FsError, NoSpace, ReadOnly  # noqa: E402

@@ -39,17 +39,13 @@ import pytest
 from mirrorfs import Volume
 from mirrorfs.daemon import FSTYPE, mount_type
 from mirrorfs.daemon._mount import state_path
+from mirrorfs.testing import MIRRORFS, wait_for
+from mirrorfs.testing import run_cli as run
 
-MIRRORFS = [sys.executable, "-m", "mirrorfs"]
 MIB = 1 << 20
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def run(*args: str | os.PathLike[str], timeout: float = 120
-        ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*MIRRORFS, *map(str, args)], capture_output=True, timeout=timeout)
 
 
 def ok(*args: str | os.PathLike[str]) -> bytes:
@@ -73,14 +69,6 @@ def sh(cmd: str, cwd: Path | None = None, **env: str) -> str:
                          env={**os.environ, **env})
     assert res.returncode == 0, (cmd, res.stdout.decode(), res.stderr.decode())
     return res.stdout.decode()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 30.0, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def is_mounted(mp: Path) -> bool:
@@ -163,14 +151,6 @@ class MountedVolume:
         return [line for line in self.log.read_text(errors="replace").splitlines()
                 if re.search(r" (ERROR|WARNING|CRITICAL) |Traceback", line)
                 and not any(p.search(line) for p in self.expected_log)]
-
-
-@pytest.fixture
-def need_fuse() -> None:
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("/dev/fuse is missing")
-    if shutil.which("fusermount3") is None:
-        pytest.skip("fusermount3 is not installed")
 
 
 @contextlib.contextmanager
@@ -521,7 +501,8 @@ def test_unlinked_and_renamed_over_open_files_stay_readable(mounted: MountedVolu
 def test_owner_and_umask_of_new_files_with_allow_other(need_fuse: None) -> None:
     """-o allow_other,default_permissions: another user's files are theirs, with their umask."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to act as another user")
+        pytest.skip(f"this machine lacks root for the test (euid {os.geteuid()}): acting as "
+                    "another user needs it")
     # the mount point must be reachable by that user: not under pytest's 0700 tmp dirs
     base = Path(tempfile.mkdtemp(prefix="mirrorfs-mnt-"))
     base.chmod(0o755)

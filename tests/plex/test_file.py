@@ -130,7 +130,8 @@ def test_write_past_the_end_gives_plex_io_error(image: FilePlex) -> None:
 def tiny_tmpfs() -> Iterator[Path]:
     """A 1 MiB tmpfs, so that writes run into ENOSPC."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a 1 MiB tmpfs to provoke ENOSPC needs root")
+        pytest.skip("this machine lacks root for the test: mounting a 1 MiB tmpfs to "
+                    "provoke ENOSPC needs it")
     where = Path(tempfile.mkdtemp(prefix="mirrorfs-enospc-"))
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
@@ -139,7 +140,7 @@ def tiny_tmpfs() -> Iterator[Path]:
     )
     if done.returncode != 0:
         where.rmdir()
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+        pytest.skip(f"this machine lacks a mountable tmpfs: {done.stderr.strip()}")
     try:
         yield where
     finally:

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-nbd = pytest.importorskip("nbd", reason="the nbd module is missing (Debian package python3-libnbd)")
+nbd = pytest.importorskip(
+    "nbd", reason="this machine lacks the nbd module (Debian package python3-libnbd)")
 if shutil.which("nbdkit") is None:
-    pytest.skip("nbdkit is not installed (Debian package nbdkit)", allow_module_level=True)
+    pytest.skip("this machine lacks nbdkit (Debian package nbdkit)", allow_module_level=True)
 
 from mirrorfs.errors import PlexError, PlexIOError  # noqa: E402
 from mirrorfs.plex import Buffer, Plex, _nbd, open_plex  # noqa: E402

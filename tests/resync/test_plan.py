@@ -24,15 +24,13 @@ import dataclasses
 import json
 import os
 import random
-import subprocess
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from mirrorfs.plex import Buffer, FilePlex, Plex
+from mirrorfs.plex import FilePlex
 from mirrorfs.resync import Plan, examine_plexes, plan_target, target_slots
+from mirrorfs.testing import CountingPlex, run_cli
 from mirrorfs.volume import Volume
 
 BS = 4096
@@ -138,36 +136,6 @@ def test_plan_cost_does_not_grow_with_the_volume_size(huge: Built, tmp_path: Pat
     assert huge.read_bytes <= small.read_bytes + 8 * BS, (huge.read_bytes, small.read_bytes)
 
 
-class CountingPlex:
-    """A read-only plex that counts what is read from it."""
-
-    def __init__(self, inner: Plex) -> None:
-        self.inner = inner
-        self.spec = inner.spec
-        self.read_bytes = 0
-
-    @property
-    def size(self) -> int:
-        return self.inner.size
-
-    def read(self, offset: int, length: int) -> bytes:
-        self.read_bytes += length
-        return self.inner.read(offset, length)
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        self.read_bytes += len(buf)
-        self.inner.readinto(offset, buf)
-
-    def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
-        raise AssertionError("examine must not write")
-
-    def flush(self) -> None:
-        raise AssertionError("examine must not flush")
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def test_examine_of_a_1_tib_volume_reads_only_labels_and_snapshot_tables(huge: Built) -> None:
     """Examine reads each plex's two superblock rings and snapshot table, nothing more."""
     plexes = [CountingPlex(FilePlex(s, read_only=True)) for s in huge.specs]
@@ -181,12 +149,12 @@ def test_examine_of_a_1_tib_volume_reads_only_labels_and_snapshot_tables(huge: B
     assert exam.plexes[1].recorded == "offline"
     for p in plexes:
         assert p.read_bytes < EXAMINE_READ_LIMIT, (p.spec, p.read_bytes)
+        assert (p.writes, p.flushes) == (0, 0), f"examine wrote to {p.spec}"
 
 
 def test_status_json_reports_the_plan_of_the_1_tib_volume(huge: Built) -> None:
     """``mirrorfs status --json`` names p0 up to date, p1 stale, and the same plan."""
-    res = subprocess.run([sys.executable, "-m", "mirrorfs", "status", "--json", str(huge.vf)],
-                         capture_output=True, timeout=120)
+    res = run_cli("status", "--json", huge.vf)
     assert res.returncode == 0, res.stderr.decode()
     doc = json.loads(res.stdout)
     assert doc["up_to_date"] == huge.specs[0]

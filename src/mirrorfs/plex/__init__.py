@@ -3,6 +3,7 @@
 from ..errors import PlexError
 from ._base import Buffer as Buffer
 from ._base import Plex as Plex
+from ._base import read_by_readinto as read_by_readinto
 from ._file import FilePlex as FilePlex
 
 

@@ -24,6 +24,21 @@ from ._tree import BlockSource, Space, Tree
 INODE_CACHE = 1 << 17  # most clean inodes kept decoded
 
 
+def split_blocks(offset: int, end: int, bs: int) -> tuple[int, int, list[int]]:
+    """The whole blocks [fa, fb) inside bytes [offset, end), and the partial ones at its edges.
+
+    Reads and writes move whole blocks without a bounce buffer; only the
+    partial blocks (at most two; all of them when no whole block is inside)
+    need a read-modify-write or a copy through a one-block buffer.
+    """
+    fa, fb = -(-offset // bs), end // bs
+    if fa >= fb:
+        return fa, fa, list(range(offset // bs, (end - 1) // bs + 1))
+    edges = [lb for lb in (offset // bs, fb)
+             if lb * bs < end and (lb * bs < offset or (lb + 1) * bs > end)]
+    return fa, fb, edges
+
+
 def ptr_of(raw: bytes) -> PtrArray:
     return np.frombuffer(raw, dtype=PTR_DTYPE).copy()
 
@@ -81,7 +96,7 @@ class ObjectView:
         n = max(0, min(ind.size, offset + size) - offset)
         buf = bytearray(n)
         got = self.readinto(ino, offset, memoryview(buf))
-        return bytes(buf[:got])
+        return bytes(memoryview(buf)[:got])
 
     def readinto(self, ino: int, offset: int, buf: memoryview) -> int:
         """Read into ``buf`` at most ``len(buf)`` bytes at ``offset``; returns the count.
@@ -95,13 +110,9 @@ class ObjectView:
             return 0
         bs = self.block_size
         tree = self.tree(ino)
-        fa, fb = -(-offset // bs), end // bs  # the whole blocks inside [offset, end)
+        fa, fb, edges = split_blocks(offset, end, bs)
         if fa < fb:
             tree.read_leaves_into(fa, fb, buf[fa * bs - offset : fb * bs - offset])
-            edges = [lb for lb in (offset // bs, fb) if lb * bs < end and
-                     (lb * bs < offset or (lb + 1) * bs > end)]
-        else:
-            edges = list(range(offset // bs, (end - 1) // bs + 1))
         for lb in edges:
             lo, hi = max(offset, lb * bs), min(end, (lb + 1) * bs)
             tmp = bytearray(bs)
@@ -175,23 +186,16 @@ class ObjectTable(ObjectView):
             return 0
         bs = self.block_size
         tree = self.tree(ino)
-        # Whole blocks are copied block by block: small heap allocations, and bytes
-        # objects, which the cyclic GC never scans. Views into the caller's buffer
-        # were tried: memoryviews are GC-tracked, and 65536 of them in a CP made
-        # every collection scan them (write CPU through a mount went up by half).
+        # Whole blocks are copied one by one into bytes: small heap allocations the
+        # cyclic GC never scans (views into the caller's buffer are GC-tracked).
         mv = memoryview(data).cast("B")
         end = offset + n
         before = len(tree.dirty)
-        fa, fb = -(-offset // bs), end // bs  # the whole blocks inside [offset, end)
-        if fa < fb:
-            base = fa * bs - offset
-            dirty = tree.dirty
-            for k, lb in enumerate(range(fa, fb)):
-                dirty[lb] = bytes(mv[base + k * bs : base + (k + 1) * bs])
-            edges = [lb for lb in (offset // bs, fb) if lb * bs < end and
-                     (lb * bs < offset or (lb + 1) * bs > end)]
-        else:
-            edges = list(range(offset // bs, (end - 1) // bs + 1))
+        fa, fb, edges = split_blocks(offset, end, bs)
+        base = fa * bs - offset
+        dirty = tree.dirty
+        for k, lb in enumerate(range(fa, fb)):
+            dirty[lb] = bytes(mv[base + k * bs : base + (k + 1) * bs])
         for lb in edges:  # partial blocks: read, modify, keep as a bytearray
             lo, hi = max(offset, lb * bs), min(end, (lb + 1) * bs)
             cur = tree.dirty.get(lb)

@@ -346,14 +346,14 @@ class Store:
                        self.plane_tree.height, self.objects.next_ino)
 
     def _commit(self) -> None:
-        """One CP, on the plexes when this returns."""
+        """One CP, on the plexes when this returns (from ``_land``: the resync bases)."""
+        self._run_hooks()
         self._launch(background=False)
         self._land()
 
     def _launch(self, background: bool) -> None:
         """Step 1 under the lock, then steps 2-4 in a thread (``background``) or right here."""
         assert self._flight is None
-        self._run_hooks()  # again: a CP started from _land (resync bases) comes here directly
         cp = self.cp + 1
         alloc = self.alloc
         blks, datas = self.objects.place_and_seal(alloc, cp)

@@ -1,4 +1,5 @@
-"""Plex wrappers for tests: a recorder of every write and flush, and a fault injector.
+"""Plex wrappers for tests: a recorder of every write and flush, a counter of what is
+read and written, and a fault injector.
 
 Owns nothing on disk. Keeps: a wrapped plex behaves exactly like the inner one
 unless a fault is armed, so a test that passes through them tests real I/O.
@@ -11,8 +12,7 @@ import random
 from collections.abc import Sequence
 
 from ..errors import PlexIOError
-from ..plex import Buffer, Plex
-from ..plex._base import read_by_readinto
+from ..plex import Buffer, Plex, read_by_readinto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,44 @@ class Op:
     @property
     def is_flush(self) -> bool:
         return self.data is None
+
+
+class CountingPlex:
+    """Passes everything through and counts it: bytes read, writes, flushes.
+
+    Shows how reads spread over plexes (bench/mirror.py) and that a step reads
+    only what it should and writes nothing (tests of examine and plan).
+    """
+
+    def __init__(self, inner: Plex) -> None:
+        self.inner = inner
+        self.spec = inner.spec
+        self.read_bytes = 0
+        self.writes = 0
+        self.flushes = 0
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.read_bytes += length
+        return self.inner.read(offset, length)
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        self.read_bytes += len(buf)
+        self.inner.readinto(offset, buf)
+
+    def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
+        self.writes += 1
+        self.inner.writev(offset, bufs)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.inner.flush()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class RecordingPlex:
