@@ -25,6 +25,7 @@ import pytest
 from mirrorfs.fs import fsck
 from mirrorfs.ondisk import slot_offsets
 from mirrorfs.plex import Buffer, FilePlex
+from mirrorfs.store import _planes as planes
 from mirrorfs.store import _store
 from mirrorfs.store._store import plane_from_tree
 from mirrorfs.volume import Volume
@@ -169,3 +170,60 @@ def test_the_cp_after_a_flown_one_never_overwrites_its_blocks(
     plex.release()
     vol.store.drain()
     assert fsck(vol.store).clean
+
+
+def test_the_cp_placed_while_one_flies_never_takes_its_blocks(
+        gated: tuple[Volume, GatedPlex], monkeypatch: pytest.MonkeyPatch) -> None:
+    """CP n+2 is placed while CP n+1 still flies. It unlinks /a, which only CP n+1
+    holds: those blocks are in neither ``active`` nor ``committed`` (CP n's plane),
+    yet the flying CP is still writing them, and a crash before CP n+2 lands must
+    find them whole. The placement holds the flying CP's plane from allocation."""
+    vol, plex = gated
+    rng = random.Random(9)
+    store = vol.store
+    plex.hold()
+    vol.write_bytes("/a", rng.randbytes(300 * KIB))  # CP n+1 flies carrying /a
+    wait_at_gate(vol, plex)
+    flying = store._flight
+    assert flying is not None
+
+    placed: list[_store._Flight] = []
+    place = store._place
+
+    def capture() -> _store._Flight:
+        fl = place()
+        placed.append(fl)
+        return fl
+
+    store._place = capture  # type: ignore[method-assign]
+    monkeypatch.setattr(_store, "DIRTY_LIMIT_BYTES", SIZE)  # the test starts CP n+2 itself
+    vol.unlink("/a")  # placed before /b (an older tree): /a's blocks are freed first
+    vol.write_bytes("/b", rng.randbytes(600 * KIB))  # more leaves than one node holds
+    alloc, free = store.alloc, store.alloc.free
+
+    def free_then_rescan(blks: np.ndarray) -> None:
+        """The worst refill schedule the allocator may meet: after every free, its
+        free list is gone and the next allocation rescans from block 0 (as after a
+        wrap), so the blocks just freed are offered unless something holds them."""
+        free(blks)
+        alloc._free = np.zeros(0, dtype=np.uint64)
+        alloc._scanned, alloc._cursor = 0, 0
+
+    alloc.free = free_then_rescan  # type: ignore[method-assign]
+    committer = threading.Thread(target=store.commit, kwargs={"wait": False})
+    committer.start()
+    try:
+        for _ in range(int(GATE_TIMEOUT_S * 100)):
+            if placed:
+                break
+            threading.Event().wait(0.01)
+        assert placed, "CP n+2 was not placed while CP n+1 flew"
+        assert store._flight is flying  # placed ahead, not after landing
+        taken = planes.test_bits(flying.plane, placed[0].blks)
+        assert not taken.any(), f"CP n+2 took {int(taken.sum())} blocks of the flying CP"
+    finally:
+        plex.release()
+        committer.join(GATE_TIMEOUT_S)
+    store.drain()
+    assert store.cp == flying.cp + 1
+    assert fsck(store).clean

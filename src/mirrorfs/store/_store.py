@@ -28,10 +28,12 @@ A block is free when no plane holds it and the last CP does not hold it.
 Pipelining. Step 1 runs under the lock; steps 2-4 (``_fly``) may run in a
 thread of their own while writers fill the next CP: a CP started by the
 dirty limit or the timer is *in flight* until ``_land`` finishes it under
-the lock. At most one CP is in flight, and it lands before the next one is
-placed, so step 5 holds as before: the next placement avoids the flying CP's
-blocks (``committed`` becomes its plane only when it lands) and nothing it
-freed is reused before its superblocks are on the plexes. Everything the
+the lock. At most one CP is in flight. The next one may be placed and
+sealed while it flies (so the plexes are not idle while a writer seals), but
+it starts only after the flying one lands, so step 5 holds as before: that
+placement holds the flying CP's plane from allocation (``Allocator.hold``),
+``committed`` becomes its plane only when it lands, and nothing it freed is
+reused before its superblocks are on the plexes. Everything the
 flying CP writes is captured when it is placed (blocks, bytes, roots,
 counts, its plane), so later changes in memory cannot leak into it; reads of
 its blocks before they reach the plexes are served from those bytes
@@ -82,7 +84,8 @@ from ._tree import DEFERRED, Tree
 
 log = logging.getLogger(__name__)
 
-DIRTY_LIMIT_BYTES = 32 << 20  # most dirty data before a write forces a CP
+DIRTY_LIMIT_BYTES = 32 << 20  # dirty data at which a write starts a CP, if none flies
+DIRTY_MAX_BYTES = 256 << 20  # dirty data at which a write waits for the CP in flight
 SPACE_MARGIN = 1.02  # metadata allowance per dirty leaf when checking free space
 SPACE_SLACK_BLOCKS = 256  # blocks kept back for the metadata of the last CP
 
@@ -286,8 +289,11 @@ class Store:
             self._writable()
             self.check_space(len(data) // self.block_size + 2)
             n = self.objects.write(ino, offset, data)
-            if self.objects.dirty_leaves * self.block_size >= DIRTY_LIMIT_BYTES:
-                self.commit(wait=False)
+            dirty = self.objects.dirty_leaves * self.block_size
+            if dirty >= DIRTY_LIMIT_BYTES:
+                fl = self._flight
+                if fl is None or fl.done.is_set() or dirty >= DIRTY_MAX_BYTES:
+                    self.commit(wait=False)
             return n
 
     def truncate(self, ino: int, size: int) -> None:
@@ -302,23 +308,51 @@ class Store:
 
         With ``wait`` (the default) the CP is on the plexes when this returns;
         without, it may still be in flight (see the module docstring): the
-        caller goes on, and the next commit or ``drain`` lands it.
+        caller goes on, and the next commit or ``drain`` lands it. Without
+        ``wait``, CP n+1 is placed and sealed before the CP in flight is
+        waited for, so the plexes keep working while this thread seals.
         """
         with self.lock:
-            self._land()
-            if self.read_only or self.broken is not None:
+            if not wait and self._flight is not None:
+                if self._can_place(force):
+                    return self._place_ahead()
+                self._land()
                 return False
-            self._run_hooks()
-            if not force and not self.dirty:
+            self._land()
+            if not self._can_place(force):
                 return False
             try:
-                self._launch(background=not wait)
+                self._start(self._place(), background=not wait)
                 if wait:
                     self._land()
             except Exception as e:
                 self.broken = e
                 raise
             return True
+
+    def _can_place(self, force: bool) -> bool:
+        if self.read_only or self.broken is not None:
+            return False
+        self._run_hooks()
+        return force or self.dirty
+
+    def _place_ahead(self) -> bool:
+        """Place CP n+2 while CP n+1 flies, then land n+1 and start n+2 behind it."""
+        try:
+            fl = self._place()
+        except Exception as e:
+            self.broken = e
+            raise
+        bases = self._land(defer_bases=True)
+        try:
+            self._start(fl, background=True)
+            if bases:  # record the resync bases now, not whenever the next CP comes
+                self._land()
+                self._commit()
+        except Exception as e:
+            self.broken = e
+            raise
+        return True
 
     def drain(self) -> None:
         """Land the CP in flight, if any (its error, if it failed, is raised here)."""
@@ -354,31 +388,52 @@ class Store:
     def _launch(self, background: bool) -> None:
         """Step 1 under the lock, then steps 2-4 in a thread (``background``) or right here."""
         assert self._flight is None
-        cp = self.cp + 1
+        self._start(self._place(), background)
+
+    def _place(self) -> _Flight:
+        """Step 1: place and seal CP n+1 and capture all it writes (nothing is written yet).
+
+        When a CP is in flight, this one follows it: its blocks must not
+        take any of the flying CP's, which are not ``committed`` until it lands.
+        """
+        prev = self._flight
+        cp = (prev.cp if prev is not None else self.cp) + 1
         alloc = self.alloc
-        blks, datas = self.objects.place_and_seal(alloc, cp)
-        if self._snaptab_dirty:
-            b, d = self._place_snaptab(cp)
+        if prev is not None:
+            alloc.hold(prev.plane)
+        try:
+            blks, datas = self.objects.place_and_seal(alloc, cp)
+            if self._snaptab_dirty:
+                b, d = self._place_snaptab(cp)
+                blks += b
+                datas += d
+                self._snaptab_dirty = False
+            b, d = self._place_plane(cp)
             blks += b
             datas += d
-            self._snaptab_dirty = False
-        b, d = self._place_plane(cp)
-        blks += b
-        datas += d
+        finally:
+            if prev is not None:
+                alloc.release(prev.plane)
         arr = np.array(blks, dtype=np.uint64)
         order = np.argsort(arr, kind="stable")
-        fl = _Flight(
+        self.last_commit = self.clock.monotonic()
+        return _Flight(
             cp=cp, cp_id=uuid.uuid4(), prev_cp_id=self.cp_id, now_ns=self.clock.time_ns(),
             blks=arr[order], datas=[datas[i] for i in order.tolist()],
             plane=alloc.active.copy(), state=dataclasses.replace(self._cp_state(), cp=cp),
             n_snapshots=len(self.snapshots), snaptab_root=ptr_bytes(self.snap_tree.root),
-            snaptab_height=self.snap_tree.height,
-            before=self._in_set)  # plexes that read errors dropped since then left at CP n
+            snaptab_height=self.snap_tree.height, before=set())
+
+    def _start(self, fl: _Flight, background: bool) -> None:
+        """Steps 2-4 of a placed CP, once the CP before it has landed."""
+        assert self._flight is None and fl.cp == self.cp + 1
+        fl.prev_cp_id = self.cp_id
+        fl.before = self._in_set  # plexes that read errors dropped since then left at CP n
         self._flight = fl
         self.src.set_pending(fl.blks, fl.datas)
-        self.last_commit = self.clock.monotonic()
         if background:
-            threading.Thread(target=self._fly, args=(fl,), name=f"cp-{cp}", daemon=True).start()
+            threading.Thread(target=self._fly, args=(fl,), name=f"cp-{fl.cp}",
+                             daemon=True).start()
         else:
             self._fly(fl)
 
@@ -399,16 +454,18 @@ class Store:
         finally:
             fl.done.set()
 
-    def _land(self) -> None:
+    def _land(self, defer_bases: bool = False) -> bool:
         """Finish the CP in flight: step 5, and resync bases for plexes that left in it.
 
         A plex that fails before its superblock write holds CP n; one that fails
         during it may hold CP n+1 too. Both CPs are pinned as resync-base
-        snapshots (DESIGN.md, "Plex failure and resync bases"), in the next CP.
+        snapshots (DESIGN.md, "Plex failure and resync bases"), in the next CP:
+        committed here, or with ``defer_bases`` by the caller (which has the
+        next CP placed already); returns whether that CP is still owed.
         """
         fl = self._flight
         if fl is None:
-            return
+            return False
         fl.done.wait()
         self._flight = None
         if fl.error is not None:
@@ -430,7 +487,10 @@ class Store:
             if fl.before_sb - fl.after:
                 self._pin_base(self.committed, fl.plane.copy())
             if self._snaptab_dirty:
+                if defer_bases:
+                    return True
                 self._commit()  # record the bases now, not whenever the next CP comes
+        return False
 
     def _pin_base(self, state: CpState, plane: np.ndarray) -> None:
         """Keep CP ``state`` as a resync-base snapshot whose GUID is its CP id.
