@@ -300,6 +300,15 @@ def test_inode_round_trips(ind: Inode) -> None:
     assert Inode.decode(memoryview(raw), WHERE) == ind
 
 
+@given(inodes, inodes, st.sets(st.sampled_from([f.name for f in dataclasses.fields(Inode)])))
+def test_inode_replace_is_dataclasses_replace(ind: Inode, other: Inode, names: set[str]) -> None:
+    """The fast ``Inode.replace`` changes exactly the named fields, as the generic one."""
+    changes = {n: getattr(other, n) for n in names}
+    assert ind.replace(**changes) == dataclasses.replace(ind, **changes)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="no field 'colour'"):
+        ind.replace(colour=1)
+
+
 def test_a_zero_record_is_a_free_inode() -> None:
     """The object table's holes and cleared records decode as free inodes."""
     assert Inode.decode(bytes(INODE_SIZE)).free

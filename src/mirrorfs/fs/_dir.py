@@ -9,7 +9,6 @@ that overflows doubles the directory, which moves every entry once
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 from collections.abc import Callable, Iterator
 
@@ -105,7 +104,7 @@ class Directory:
     def _resize(self, delta: int) -> None:
         table = self._table()
         ind = table.inode(self.ino)
-        table.set_inode(self.ino, dataclasses.replace(ind, size=max(0, ind.size + delta)))
+        table.set_inode(self.ino, ind.replace(size=max(0, ind.size + delta)))
 
     def add(self, name: bytes, ino: int, typ: int) -> None:
         h = name_hash(name)
@@ -157,6 +156,6 @@ class Directory:
                 self._buckets[b][name] = (h, ino, typ)
                 self._used[b] += entry_size(name)
         table = self._table()
-        table.set_inode(self.ino, dataclasses.replace(table.inode(self.ino), dir_depth=new_depth))
+        table.set_inode(self.ino, table.inode(self.ino).replace(dir_depth=new_depth))
         self.dirty.update(range(1 << new_depth))
         self._changed(0)

@@ -562,13 +562,11 @@ class FileSystem:
                 raise FsError(errno.EINVAL, "", "negative offset")
             if offset + len(data) > MAX_FILE_SIZE:
                 raise FsError(errno.EFBIG, "")
+            now = self._now()
             try:
-                n = self.store.write(ino, offset, data)
+                return self.store.write(ino, offset, data, mtime_ns=now, ctime_ns=now)
             except NoSpace:
                 raise FsError(errno.ENOSPC, "") from None
-            now = self._now()
-            self.objects.update(ino, mtime_ns=now, ctime_ns=now)
-            return n
 
     def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
                 gid: int | None = None, size: int | None = None, atime_ns: int | None = None,

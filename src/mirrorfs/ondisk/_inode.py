@@ -72,6 +72,17 @@ class Inode:
     def free(self) -> bool:
         return self.mode == 0
 
+    def replace(self, **changes: int | bytes) -> Inode:
+        """``dataclasses.replace``, at half its cost: an inode changes on every write
+        and setattr, and the generic version inspects the class on each call."""
+        new = object.__new__(Inode)
+        put = object.__setattr__
+        for name in _FIELDS:
+            put(new, name, changes.pop(name) if name in changes else getattr(self, name))
+        if changes:
+            raise TypeError(f"Inode has no field {next(iter(changes))!r}")
+        return new
+
     def encode(self) -> bytes:
         return _INODE.pack(self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns,
                            self.mtime_ns, self.ctime_ns, self.rdev, self.root, self.height,
@@ -87,3 +98,6 @@ class Inode:
             raise fail(where, f"inode with tree height {height} / depth {depth} out of bounds")
         return cls(mode, uid, gid, nlink, size, at, mt, ct, rdev, root, height, depth, blocks,
                    parent)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Inode))

@@ -158,7 +158,7 @@ class ObjectTable(ObjectView):
         self._dirty_inodes.add(ino)
 
     def update(self, ino: int, **changes: int) -> Inode:
-        new = dataclasses.replace(self.inode(ino), **changes)  # type: ignore[arg-type]
+        new = self.inode(ino).replace(**changes)
         self.set_inode(ino, new)
         return new
 
@@ -178,8 +178,13 @@ class ObjectTable(ObjectView):
 
     # -- data ---------------------------------------------------------------
 
-    def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
-        """Write ``data`` at ``offset``; grows the object; returns bytes written."""
+    def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview,
+              **changes: int) -> int:
+        """Write ``data`` at ``offset``; grows the object; returns bytes written.
+
+        ``changes`` go into the inode with the new size (a file system's mtime
+        and ctime): one new inode record per write, not two.
+        """
         self._check()
         n = len(data)
         if n == 0:
@@ -207,7 +212,9 @@ class ObjectTable(ObjectView):
         self.dirty_leaves += len(tree.dirty) - before
         ind = self.inode(ino)
         if offset + n > ind.size:
-            self.set_inode(ino, dataclasses.replace(ind, size=offset + n))
+            changes["size"] = offset + n
+        if changes:
+            self.set_inode(ino, ind.replace(**changes))
         else:
             self._dirty_inodes.add(ino)
         return n
@@ -231,7 +238,7 @@ class ObjectTable(ObjectView):
                     cur = bytearray(old)
                     cur[size % bs :] = bytes(bs - size % bs)
                     tree.dirty[lb] = cur
-        self.set_inode(ino, dataclasses.replace(ind, size=size))
+        self.set_inode(ino, ind.replace(size=size))
 
     def release(self, ino: int) -> None:
         """Free an object: drop all its blocks and clear its record.

@@ -283,12 +283,14 @@ class Store:
         if need > free:
             raise NoSpace(need, free)
 
-    def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
-        """Write object data; at the dirty limit, start a CP and go on (it flies meanwhile)."""
+    def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview,
+              **changes: int) -> int:
+        """Write object data (and inode ``changes``, such as times); at the dirty limit,
+        start a CP and go on (it flies meanwhile)."""
         with self.lock:
             self._writable()
             self.check_space(len(data) // self.block_size + 2)
-            n = self.objects.write(ino, offset, data)
+            n = self.objects.write(ino, offset, data, **changes)
             dirty = self.objects.dirty_leaves * self.block_size
             if dirty >= DIRTY_LIMIT_BYTES:
                 fl = self._flight
