@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from mirrorfs.errors import PlexError, PlexIOError
-from mirrorfs.plex import Buffer, FilePlex, Plex, open_plex
-from mirrorfs.plex._file import IOV_MAX, STAGE_BYTES, _open_direct
+from mirrorfs.plex import Buffer, FilePlex, Plex, _file, open_plex
+from mirrorfs.plex._file import IOV_MAX
 
 MiB = 1024 * 1024
 
@@ -182,62 +182,22 @@ except PlexIOError as e:
     assert "too large" in done.stdout
 
 
-def _direct(plex: FilePlex) -> FilePlex:
-    if plex._dfd < 0:
-        pytest.skip(f"this machine lacks O_DIRECT on the file system of {plex.spec}")
-    return plex
-
-
-def test_block_writes_go_direct_and_buffered_reads_see_them_at_once(tmp_path: Path) -> None:
-    """Aligned writes take the O_DIRECT descriptor through the staging buffer, more
-    than one buffer's worth and across its edges; reads (buffered) see each write,
-    also over pages the page cache held from a read just before."""
-    plex = _direct(FilePlex.create(str(tmp_path / "a.img"), 16 * MiB))
-    try:
-        rng = np.random.default_rng(3)
-        blocks = [rng.bytes(4096) for _ in range(STAGE_BYTES // 4096 + 7)]
-        big = rng.bytes(MiB)  # spans a staging-buffer edge after the blocks
-        plex.writev(4096, [*blocks, memoryview(big), bytearray(b"\x5a" * 4096)])
-        want = b"".join(blocks) + big + b"\x5a" * 4096
-        assert plex.read(4096, len(want)) == want
-        assert plex.read(4096, 4096) == blocks[0]  # now in the page cache
-        plex.writev(4096, [b"\x11" * 8192])
-        assert plex.read(0, 3 * 4096) == bytes(4096) + b"\x11" * 8192
-    finally:
-        plex.close()
-    again = FilePlex(str(tmp_path / "a.img"), read_only=True)
-    try:
-        assert again.read(3 * 4096, len(want) - 8192) == want[8192:]
-    finally:
-        again.close()
-
-
-def test_unaligned_writes_stay_buffered_beside_direct_ones(tmp_path: Path) -> None:
-    """A superblock slot (1 KiB) is no whole sector: it goes through the page cache,
-    next to direct block writes in the same page and the next one, and both read back."""
-    plex = _direct(FilePlex.create(str(tmp_path / "a.img"), 4 * MiB))
-    try:
-        plex.writev(8192, [b"\xcc" * 4096])
-        plex.writev(4096 + 512, [b"\xaa" * 1024])
-        plex.writev(4096 + 2048, [b"\xbb" * 1024])
-        plex.writev(12288, [b"\xdd" * 4096])
-        assert plex.read(4096, 4 * 4096) == (
-            bytes(512) + b"\xaa" * 1024 + bytes(512) + b"\xbb" * 1024 + bytes(1024)
-            + b"\xcc" * 4096 + b"\xdd" * 4096 + bytes(4096))
-        plex.flush()
-    finally:
-        plex.close()
-
-
-def test_a_file_system_without_direct_io_gets_buffered_writes(tmp_path: Path) -> None:
-    """Where O_DIRECT cannot be had (procfs refuses it), there is no direct
-    descriptor, and a plex without one writes through the page cache."""
-    assert _open_direct("/proc/self/status") == -1
-    plex = FilePlex.create(str(tmp_path / "a.img"), 4 * MiB)
-    try:
-        plex._no_direct()
-        assert plex._dfd == -1
-        plex.writev(4096, [b"\x77" * 8192])
-        assert plex.read(4096, 8192) == b"\x77" * 8192
-    finally:
-        plex.close()
+def test_large_writes_start_writeback_early_and_read_back(tmp_path: Path) -> None:
+    """Writes of WRITEBACK_MIN or more ask the kernel for writeback of their range
+    (glibc has sync_file_range: the hint must be found, or the disk idles until
+    the CP's flush); the hint changes no byte, on ext4 and on tmpfs alike."""
+    assert _file._sync_file_range is not None, "libc's sync_file_range was not found"
+    rng = np.random.default_rng(5)
+    blocks = [rng.bytes(4096) for _ in range(2 * _file.WRITEBACK_MIN // 4096 + IOV_MAX)]
+    for where in (tmp_path, Path("/dev/shm")):
+        path = where / f"mirrorfs-writeback-{os.getpid()}.img"
+        plex = FilePlex.create(str(path), 16 * MiB)
+        try:
+            plex.writev(4096, blocks)
+            plex.writev(0, [b"\x01" * 1024])  # small: no hint
+            plex.flush()
+            assert plex.read(4096, len(blocks) * 4096) == b"".join(blocks)
+            assert plex.read(0, 1024) == b"\x01" * 1024
+        finally:
+            plex.close()
+            path.unlink()

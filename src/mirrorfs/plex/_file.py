@@ -1,36 +1,50 @@
 """FilePlex: a plex on an image file or a block device.
 
-Owns the file descriptors. Keeps: every write is issued as large calls,
-flush is one fdatasync, and any OS error becomes PlexIOError naming the
-plex, so the mirror can drop the plex instead of crashing.
+Owns the file descriptor. Keeps: every write is issued as large pwritev
+calls, flush is one fdatasync, and any OS error becomes PlexIOError naming
+the plex, so the mirror can drop the plex instead of crashing.
 
-Direct writes. Block writes (aligned offset and length) go through a second
-descriptor opened with O_DIRECT, from a reused staging buffer: the page
-cache copy of a buffered write cost more CPU than anything else on a write
-(measured: 2.0-2.4 s of kernel time per GiB through the page cache, 0.4 s
-direct), and it was paid once per plex, for pages nobody reads again soon.
-Reads stay buffered; the kernel keeps the two coherent (a direct write
-drops the cached pages it overwrites). Where the file system refuses
-O_DIRECT, writes stay buffered. Nothing changes for durability: a write is
-durable only after ``flush``, as before.
+Early writeback. A CP's blocks reach the page cache and then wait for the
+CP's fdatasync; meanwhile the disk sat idle, because the kernel starts
+writeback only past its dirty thresholds (gigabytes here). Each large write
+now asks for writeback of its range at once (sync_file_range WRITE, a hint
+that waits for nothing): the disk works while the rest of the CP is copied,
+and the fdatasync finds little left. Measured on this VM (1 GiB, CPs of
+256 MiB): 231-287 MB/s without the hint, 399-413 MB/s with it, dd 401-459.
+O_DIRECT was tried instead: half the CPU, but 239-272 MB/s.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import fcntl
-import mmap
 import os
 import stat
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import PlexBusy, PlexError, PlexIOError
 from ._base import Buffer, check_read
 
 IOV_MAX = 1024  # most buffers per pwritev call (Linux's IOV_MAX)
-DIRECT_ALIGN = 4096  # offset and length a direct write needs (the largest logical sector)
-STAGE_BYTES = 4 << 20  # staging buffer of direct writes: one write call each
+WRITEBACK_MIN = 256 << 10  # smallest write whose range gets an early-writeback hint
+SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages, wait for nothing
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range(2) (the os module has none), or None where it is missing."""
+    name = ctypes.util.find_library("c")
+    try:
+        fn = ctypes.CDLL(name, use_errno=True).sync_file_range
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
 
 
 class FilePlex:
@@ -59,9 +73,6 @@ class FilePlex:
         else:
             os.close(self._fd)
             raise PlexError(path, "is neither a regular file nor a block device")
-        self._dfd = -1 if read_only else _open_direct(path)
-        self._stage: mmap.mmap | None = None  # page-aligned, made at the first direct write
-        self._stage_lock = threading.Lock()  # a scrub's repairs may write beside a CP
 
     def _lock(self, path: str) -> None:
         """Exclusive use: writers lock the plex exclusively, readers shared.
@@ -146,16 +157,6 @@ class FilePlex:
         if offset < 0 or offset + total > self._size:
             raise PlexIOError(self.spec, f"write of {total} bytes at {offset} past the end "
                                          f"({self._size} bytes)")
-        if self._dfd >= 0 and offset % DIRECT_ALIGN == 0 and total % DIRECT_ALIGN == 0:
-            try:
-                self._write_direct(offset, bufs)
-                return
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    what = "the plex is full" if e.errno == errno.ENOSPC else e.strerror
-                    raise PlexIOError(self.spec, f"writing {total} bytes at {offset}: "
-                                                 f"{what}") from None
-                self._no_direct()  # refused by the file system: buffered from now on
         pos = offset
         for i in range(0, len(bufs), IOV_MAX):
             chunk = list(bufs[i : i + IOV_MAX])
@@ -168,51 +169,10 @@ class FilePlex:
             if done != want:  # rare: finish the short write byte-exactly
                 rest = b"".join(bytes(b) for b in chunk)[done:]
                 self._write_all(pos + done, rest)
+            if want >= WRITEBACK_MIN and _sync_file_range is not None:
+                _sync_file_range(self._fd, pos, want, SYNC_FILE_RANGE_WRITE)  # a hint: errors
+                # (a file system without it) change nothing, flush still makes it durable
             pos += want
-
-    def _write_direct(self, offset: int, bufs: Sequence[Buffer]) -> None:
-        """Copy ``bufs`` into the staging buffer and write it, STAGE_BYTES at a time."""
-        with self._stage_lock:
-            if self._stage is None:
-                self._stage = mmap.mmap(-1, STAGE_BYTES)
-            view = memoryview(self._stage)
-            err: OSError | None = None
-            try:
-                self._stage_and_write(view, offset, bufs)
-            except OSError as e:  # a bare copy: the traceback's frames hold views of the stage
-                err = OSError(e.errno, e.strerror)
-            finally:
-                view.release()
-        if err is not None:
-            raise err
-
-    def _stage_and_write(self, view: memoryview, offset: int, bufs: Sequence[Buffer]) -> None:
-        pos, fill = offset, 0
-        for b in bufs:
-            mv = memoryview(b).cast("B")
-            while mv:
-                n = min(len(mv), STAGE_BYTES - fill)
-                view[fill : fill + n] = mv[:n]
-                fill += n
-                mv = mv[n:]
-                if fill == STAGE_BYTES:
-                    self._pwrite_all(self._dfd, view, pos)
-                    pos, fill = pos + fill, 0
-        if fill:
-            self._pwrite_all(self._dfd, view[:fill], pos)
-
-    @staticmethod
-    def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
-        while data:
-            n = os.pwrite(fd, data, pos)
-            if n <= 0 or n % DIRECT_ALIGN:
-                raise OSError(errno.ENOSPC, "short direct write")
-            data, pos = data[n:], pos + n
-
-    def _no_direct(self) -> None:
-        if self._dfd >= 0:
-            os.close(self._dfd)
-            self._dfd = -1
 
     def _write_all(self, pos: int, data: bytes) -> None:
         mv = memoryview(data)
@@ -235,25 +195,9 @@ class FilePlex:
             raise PlexIOError(self.spec, f"flush: {e.strerror}") from None
 
     def close(self) -> None:
-        self._no_direct()
-        if self._stage is not None:
-            self._stage.close()
-            self._stage = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
     def __repr__(self) -> str:
         return f"FilePlex({self.spec!r})"
-
-
-def _open_direct(path: str) -> int:
-    """A write-only O_DIRECT descriptor of ``path``, or -1 where there is none."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return -1
-    try:
-        return os.open(path, os.O_WRONLY | flag | os.O_CLOEXEC)
-    except OSError:  # e.g. EINVAL: the file system has no direct I/O
-        return -1
-
