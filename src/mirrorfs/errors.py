@@ -71,6 +71,15 @@ class CorruptBlock(MirrorfsError):
 
     exit_code = 1
     traceback = True
+    offset: int | None = None  # byte offset of the bad block in its object, when known
+
+    def at(self, what: str, offset: int | None = None) -> CorruptBlock:
+        """The same damage named for a reader: ``what`` (a path), and the offset."""
+        off = self.offset if offset is None else offset
+        err = CorruptBlock(what if off is None else f"{what} at offset {off}",
+                           *self.args_[1:])
+        err.offset = off
+        return err
 
 
 class FormatError(MirrorfsError):

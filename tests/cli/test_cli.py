@@ -71,6 +71,7 @@ def test_flipped_byte_is_named_by_fsck_and_fails_cat(vol: Path) -> None:
     res = run("cat", "v.toml", "/FILE", cwd=vol)
     assert res.returncode == 1
     assert b"/FILE" in res.stderr and b"checksum mismatch" in res.stderr
+    assert f"/FILE at offset {100 * 4096}".encode() in res.stderr
     assert b"Traceback" not in res.stderr
 
 

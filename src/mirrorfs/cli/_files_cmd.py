@@ -101,7 +101,7 @@ def _copy_out(vol: Volume, path: str, out: Any) -> None:
             while chunk := f.read(CHUNK):
                 out.write(chunk)
     except CorruptBlock as e:
-        raise CorruptBlock(path, e.args_[1], e.args_[2]) from None
+        raise e.at(path) from None  # the path instead of the inode, the offset kept
 
 
 def cmd_cat(args: argparse.Namespace) -> int:

@@ -203,12 +203,10 @@ class Tree:
         """
         if len(err.args_) != 3 or not isinstance(err.args_[1], int):
             return err
-        what, blk, detail = err.args_
-        hit = np.flatnonzero(ptrs["blk"] == blk)
+        hit = np.flatnonzero(ptrs["blk"] == err.args_[1])
         if len(hit) == 0:
             return err
-        offset = (a + int(hit[0])) * self.src.block_size
-        return CorruptBlock(f"{what} at offset {offset}", blk, detail)
+        return err.at(str(err.args_[0]), (a + int(hit[0])) * self.src.block_size)
 
     @property
     def committed(self) -> bool:
