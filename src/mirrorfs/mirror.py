@@ -78,17 +78,22 @@ class MirrorStats:
     errors: int
 
 
+READ_ERROR = "read error"  # why a copy is bad (CheckResult.bad): the plex could not read it
+CHECKSUM_MISMATCH = "checksum mismatch"  # it read, and its checksum is wrong
+
+
 @dataclasses.dataclass
 class CheckResult:
     """What ``MirrorSet.check`` found: per-plex bad copies, repairs, blocks bad everywhere.
 
-    ``bad`` holds (plex spec, block, index into the checked pointers);
-    ``unrecoverable`` the indices of blocks bad on every readable plex.
+    ``bad`` holds (plex spec, block, index into the checked pointers, why:
+    READ_ERROR or CHECKSUM_MISMATCH); ``unrecoverable`` the indices of
+    blocks bad on every readable plex.
     """
 
     checked: int = 0
     errors: dict[str, int] = dataclasses.field(default_factory=dict)
-    bad: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
+    bad: list[tuple[str, int, int, str]] = dataclasses.field(default_factory=list)
     repaired: int = 0
     unrecoverable: list[int] = dataclasses.field(default_factory=list)
 
@@ -356,6 +361,8 @@ class MirrorSet:
         bs = self.block_size
         spans = runs(sblks)
 
+        unreadable: dict[int, set[int]] = {}  # per reader: blocks its plex could not read
+
         def scan(slot: PlexSlot) -> tuple[list[memoryview | None], set[int]]:
             """This plex's copy of the batch, and which of its blocks are bad."""
             copy: list[memoryview | None] = [None] * len(sblks)
@@ -366,6 +373,7 @@ class MirrorSet:
                 except PlexIOError as err:
                     self.fail(slot, err)
                     bad.update(range(s, e))
+                    unreadable.setdefault(id(slot), set()).update(range(s, e))
                     continue
                 blocks = [data[i * bs : (i + 1) * bs] for i in range(e - s)]
                 ok = np.all(checksums(blocks) == want[s:e], axis=1)
@@ -380,9 +388,11 @@ class MirrorSet:
             slot.errors += len(bad)
             if bad:
                 result.errors[slot.spec] = result.errors.get(slot.spec, 0) + len(bad)
+            lost = unreadable.get(id(slot), set())
             for i in sorted(bad):
                 blk = int(sblks[i])
-                result.bad.append((slot.spec, blk, int(order[i])))
+                why = READ_ERROR if i in lost else CHECKSUM_MISMATCH
+                result.bad.append((slot.spec, blk, int(order[i]), why))
                 donor = next((c[i] for c, b in scans if i not in b and c[i] is not None), None)
                 if donor is None:
                     if int(order[i]) not in result.unrecoverable:

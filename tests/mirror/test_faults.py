@@ -442,6 +442,37 @@ def test_a_block_bad_on_every_plex_raises_corrupt_block_naming_the_object_and_of
         vol.close()
 
 
+def test_fsck_tells_a_plex_that_cannot_read_from_a_copy_that_is_wrong(
+        tmp_path: Path, expect_log: Callable[[str], None]) -> None:
+    """A flipped byte on plex 0 is a "checksum mismatch" there; every block of a plex whose
+    reads fail is a "read error", not a mismatch (the operator replaces a disk for one and
+    scrubs for the other)."""
+    expect_log(LEAVES)
+    bed = make_bed(tmp_path, 3)
+    vol = bed.open(read_only=True)
+    try:
+        blk = data_block(vol, "/d/one-mib", 5)
+    finally:
+        vol.close()
+    with open(bed.paths[0], "r+b") as img:
+        img.seek(blk * BS + 100)
+        old = img.read(1)
+        img.seek(blk * BS + 100)
+        img.write(bytes([old[0] ^ 1]))
+    vol, fps = bed.attach()
+    try:
+        fps[2].fail_reads = True
+        found = [f for f in fsck(vol.store).findings if f.check == "checksums"]
+    finally:
+        vol.close()
+    by_plex: dict[str | None, set[str]] = {}
+    for f in found:
+        by_plex.setdefault(f.plex, set()).add(f.detail.split(" in ")[0])
+    assert by_plex[bed.paths[0]] == {"checksum mismatch"}, found
+    assert by_plex[fps[2].spec] == {"read error"}, found
+    assert bed.paths[1] not in by_plex, found
+
+
 # -- min_plexes --------------------------------------------------------------------------
 
 

@@ -152,7 +152,7 @@ class _Walker:
             self.progress(len(todo))
         unrecoverable = set(res.unrecoverable)
         repaired = self.repair and not self.store.mirror.read_only
-        for spec, blk, i in res.bad:
+        for spec, blk, i, why in res.bad:
             if repaired and i not in unrecoverable:
                 continue
             if level == 0:
@@ -160,7 +160,7 @@ class _Walker:
             else:
                 what = f"tree node (level {level})"
             self.report.findings.append(Finding(
-                "checksums", self.image, f"checksum mismatch in {what}", path, blk, spec))
+                "checksums", self.image, f"{why} in {what}", path, blk, spec))
         return not res.bad or (self.repair and not unrecoverable)
 
 
