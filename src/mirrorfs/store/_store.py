@@ -310,14 +310,18 @@ class Store:
 
         With ``wait`` (the default) the CP is on the plexes when this returns;
         without, it may still be in flight (see the module docstring): the
-        caller goes on, and the next commit or ``drain`` lands it. Without
-        ``wait``, CP n+1 is placed and sealed before the CP in flight is
-        waited for, so the plexes keep working while this thread seals.
+        caller goes on, and the next commit or ``drain`` lands it. When a CP
+        is in flight, CP n+1 is placed and sealed before that one is waited
+        for, so the plexes keep working while this thread seals (an fsync
+        during a long write waits for the plexes only).
         """
         with self.lock:
-            if not wait and self._flight is not None:
+            if self._flight is not None:
                 if self._can_place(force):
-                    return self._place_ahead()
+                    self._place_ahead()
+                    if wait:
+                        self._land()
+                    return True
                 self._land()
                 return False
             self._land()
