@@ -14,5 +14,4 @@ def need_fuse() -> None:
     if not os.path.exists("/dev/fuse"):
         pytest.skip("this machine lacks /dev/fuse (the FUSE kernel device)")
     if shutil.which("fusermount3") is None:
-        pytest.skip("this machine lacks fusermount3 (Debian package fuse3; make test "
-                    "installs it when run as root)")
+        pytest.skip("this machine lacks fusermount3 (Debian fuse3; make test installs it)")

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-nbd = pytest.importorskip(
-    "nbd", reason="this machine lacks the nbd module (Debian package python3-libnbd)")
+nbd = pytest.importorskip("nbd", reason="this machine lacks python3-libnbd (module nbd)")
 if shutil.which("nbdkit") is None:
     pytest.skip("this machine lacks nbdkit (Debian package nbdkit)", allow_module_level=True)
 
