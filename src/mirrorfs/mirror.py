@@ -361,39 +361,37 @@ class MirrorSet:
         bs = self.block_size
         spans = runs(sblks)
 
-        unreadable: dict[int, set[int]] = {}  # per reader: blocks its plex could not read
-
-        def scan(slot: PlexSlot) -> tuple[list[memoryview | None], set[int]]:
-            """This plex's copy of the batch, and which of its blocks are bad."""
+        def scan(slot: PlexSlot) -> tuple[list[memoryview | None], set[int], set[int]]:
+            """This plex's copy of the batch, its bad blocks, and those it could not read."""
             copy: list[memoryview | None] = [None] * len(sblks)
             bad: set[int] = set()
+            unread: set[int] = set()
             for s, e in spans:
                 try:
                     data = memoryview(self.read_raw(slot, int(sblks[s]), e - s))
                 except PlexIOError as err:
                     self.fail(slot, err)
-                    bad.update(range(s, e))
-                    unreadable.setdefault(id(slot), set()).update(range(s, e))
+                    unread.update(range(s, e))
                     continue
                 blocks = [data[i * bs : (i + 1) * bs] for i in range(e - s)]
                 ok = np.all(checksums(blocks) == want[s:e], axis=1)
                 copy[s:e] = blocks
                 bad.update((np.flatnonzero(~ok) + s).tolist())
-            return copy, bad
+            return copy, bad | unread, unread
 
         one = len(readers) == 1
         scans = [scan(readers[0])] if one else list(self._pool.map(scan, readers))
-        for k, (_, bad) in enumerate(scans):
+        for k, (_, bad, unread) in enumerate(scans):
             slot = readers[k]
             slot.errors += len(bad)
             if bad:
                 result.errors[slot.spec] = result.errors.get(slot.spec, 0) + len(bad)
-            lost = unreadable.get(id(slot), set())
             for i in sorted(bad):
                 blk = int(sblks[i])
-                why = READ_ERROR if i in lost else CHECKSUM_MISMATCH
+                why = READ_ERROR if i in unread else CHECKSUM_MISMATCH
                 result.bad.append((slot.spec, blk, int(order[i]), why))
-                donor = next((c[i] for c, b in scans if i not in b and c[i] is not None), None)
+                donor = next((c[i] for c, b, _ in scans if i not in b and c[i] is not None),
+                             None)
                 if donor is None:
                     if int(order[i]) not in result.unrecoverable:
                         result.unrecoverable.append(int(order[i]))

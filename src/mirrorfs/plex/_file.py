@@ -170,8 +170,8 @@ class FilePlex:
                 rest = b"".join(bytes(b) for b in chunk)[done:]
                 self._write_all(pos + done, rest)
             if want >= WRITEBACK_MIN and _sync_file_range is not None:
-                _sync_file_range(self._fd, pos, want, SYNC_FILE_RANGE_WRITE)  # a hint: errors
-                # (a file system without it) change nothing, flush still makes it durable
+                # a hint: its errors change nothing, the flush makes the data durable
+                _sync_file_range(self._fd, pos, want, SYNC_FILE_RANGE_WRITE)
             pos += want
 
     def _write_all(self, pos: int, data: bytes) -> None:

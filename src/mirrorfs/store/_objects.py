@@ -11,7 +11,6 @@ tree), so snapshots and the last CP stay intact until the CP commits.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 
 import numpy as np
@@ -203,13 +202,13 @@ class ObjectTable(ObjectView):
             dirty[lb] = bytes(mv[base + k * bs : base + (k + 1) * bs])
         for lb in edges:  # partial blocks: read, modify, keep as a bytearray
             lo, hi = max(offset, lb * bs), min(end, (lb + 1) * bs)
-            cur = tree.dirty.get(lb)
+            cur = dirty.get(lb)
             if not isinstance(cur, bytearray):
-                old = cur if cur is not None and lb in tree.dirty else tree.read_leaf(lb)
+                old = cur if lb in dirty else tree.read_leaf(lb)  # a dirty hole: None
                 cur = bytearray(old) if old is not None else bytearray(bs)
-                tree.dirty[lb] = cur
+                dirty[lb] = cur
             cur[lo - lb * bs : hi - lb * bs] = mv[lo - offset : hi - offset]
-        self.dirty_leaves += len(tree.dirty) - before
+        self.dirty_leaves += len(dirty) - before
         ind = self.inode(ino)
         if offset + n > ind.size:
             changes["size"] = offset + n
@@ -250,8 +249,8 @@ class ObjectTable(ObjectView):
         tree = self.tree(ino)
         for lb in tree.nonnull_leaves(0, tree.capacity()).tolist() + list(tree.dirty):
             tree.dirty[lb] = None
-        self.set_inode(ino, dataclasses.replace(Inode(), root=self.inode(ino).root,
-                                                height=self.inode(ino).height))
+        ind = self.inode(ino)
+        self.set_inode(ino, Inode(root=ind.root, height=ind.height))
         self._freed.add(ino)
 
     # -- the CP -------------------------------------------------------------
@@ -268,9 +267,8 @@ class ObjectTable(ObjectView):
                 blks += b
                 datas += d
             ind = self.inode(ino)
-            self.set_inode(ino, dataclasses.replace(
-                ind, root=ptr_bytes(tree.root), height=tree.height,
-                blocks=max(0, ind.blocks + tree.leaf_delta)))
+            self.set_inode(ino, ind.replace(root=ptr_bytes(tree.root), height=tree.height,
+                                            blocks=max(0, ind.blocks + tree.leaf_delta)))
             tree.leaf_delta = 0
         by_leaf: dict[int, list[int]] = {}
         for ino in self._dirty_inodes:

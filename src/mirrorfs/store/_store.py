@@ -88,6 +88,7 @@ DIRTY_LIMIT_BYTES = 32 << 20  # dirty data at which a write starts a CP, if none
 DIRTY_MAX_BYTES = 256 << 20  # dirty data at which a write waits for the CP in flight
 SPACE_MARGIN = 1.02  # metadata allowance per dirty leaf when checking free space
 SPACE_SLACK_BLOCKS = 256  # blocks kept back for the metadata of the last CP
+NIL_ID = uuid.UUID(int=0)  # the CP id before the first CP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +133,6 @@ class _Flight:
 
     cp: int
     cp_id: uuid.UUID
-    prev_cp_id: uuid.UUID
     now_ns: int
     blks: np.ndarray  # sorted
     datas: list[Buffer]  # in the order of blks
@@ -141,7 +141,9 @@ class _Flight:
     n_snapshots: int
     snaptab_root: bytes
     snaptab_height: int
-    before: set[int]  # ids of the in-sync plexes when it was placed
+    # set when it starts, after the CP before it has landed (``Store._start``):
+    prev_cp_id: uuid.UUID = NIL_ID
+    before: set[int] = dataclasses.field(default_factory=set)  # ids of the in-sync plexes
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     members: tuple[Member, ...] = ()
     before_sb: set[int] = dataclasses.field(default_factory=set)
@@ -316,24 +318,12 @@ class Store:
         during a long write waits for the plexes only).
         """
         with self.lock:
-            if self._flight is not None:
-                if self._can_place(force):
-                    self._place_ahead()
-                    if wait:
-                        self._land()
-                    return True
+            if not self._can_place(force):
                 self._land()
                 return False
-            self._land()
-            if not self._can_place(force):
-                return False
-            try:
-                self._start(self._place(), background=not wait)
-                if wait:
-                    self._land()
-            except Exception as e:
-                self.broken = e
-                raise
+            self._advance(background=not wait)
+            if wait:
+                self._land()
             return True
 
     def _can_place(self, force: bool) -> bool:
@@ -342,23 +332,23 @@ class Store:
         self._run_hooks()
         return force or self.dirty
 
-    def _place_ahead(self) -> bool:
-        """Place CP n+2 while CP n+1 flies, then land n+1 and start n+2 behind it."""
+    def _advance(self, background: bool) -> None:
+        """Place the next CP (while the one in flight, if any, still flies), land that
+        one, then start this one behind it: here, or in a thread (``background``)."""
         try:
             fl = self._place()
         except Exception as e:
             self.broken = e
             raise
-        bases = self._land(defer_bases=True)
+        bases = self._land(defer_bases=True)  # its failure marks the store broken
         try:
-            self._start(fl, background=True)
+            self._start(fl, background)
             if bases:  # record the resync bases now, not whenever the next CP comes
                 self._land()
                 self._commit()
         except Exception as e:
             self.broken = e
             raise
-        return True
 
     def drain(self) -> None:
         """Land the CP in flight, if any (its error, if it failed, is raised here)."""
@@ -388,13 +378,8 @@ class Store:
     def _commit(self) -> None:
         """One CP, on the plexes when this returns (from ``_land``: the resync bases)."""
         self._run_hooks()
-        self._launch(background=False)
+        self._start(self._place(), background=False)
         self._land()
-
-    def _launch(self, background: bool) -> None:
-        """Step 1 under the lock, then steps 2-4 in a thread (``background``) or right here."""
-        assert self._flight is None
-        self._start(self._place(), background)
 
     def _place(self) -> _Flight:
         """Step 1: place and seal CP n+1 and capture all it writes (nothing is written yet).
@@ -424,11 +409,11 @@ class Store:
         order = np.argsort(arr, kind="stable")
         self.last_commit = self.clock.monotonic()
         return _Flight(
-            cp=cp, cp_id=uuid.uuid4(), prev_cp_id=self.cp_id, now_ns=self.clock.time_ns(),
+            cp=cp, cp_id=uuid.uuid4(), now_ns=self.clock.time_ns(),
             blks=arr[order], datas=[datas[i] for i in order.tolist()],
             plane=alloc.active.copy(), state=dataclasses.replace(self._cp_state(), cp=cp),
             n_snapshots=len(self.snapshots), snaptab_root=ptr_bytes(self.snap_tree.root),
-            snaptab_height=self.snap_tree.height, before=set())
+            snaptab_height=self.snap_tree.height)
 
     def _start(self, fl: _Flight, background: bool) -> None:
         """Steps 2-4 of a placed CP, once the CP before it has landed."""
@@ -736,7 +721,7 @@ def empty_superblock(block_size: int, nblocks: int, volume_uuid: uuid.UUID, cp_i
     return Superblock(
         block_size=block_size, volume_uuid=volume_uuid, plex_uuid=slot.plex_uuid,
         plex_ordinal=slot.ordinal, nblocks=nblocks, cp=0, cp_id=cp_id,
-        prev_cp_id=uuid.UUID(int=0), timestamp_ns=now_ns, next_ino=1, min_plexes=min_plexes,
+        prev_cp_id=NIL_ID, timestamp_ns=now_ns, next_ino=1, min_plexes=min_plexes,
         objtab_root=null, plane_root=null, snaptab_root=null, objtab_height=0,
         plane_height=0, snaptab_height=0, n_snapshots=0, members=members)
 
