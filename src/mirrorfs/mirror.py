@@ -38,6 +38,9 @@ from .plex import Buffer, Plex
 log = logging.getLogger(__name__)
 
 MAX_RUN_BLOCKS = 1024  # longest run read or written in one call (4 MiB at 4 KiB blocks)
+# longest run of a CP handed to a plex in one writev (64 MiB at 4 KiB blocks): the plex
+# splits it into system calls itself, and a file plex hints writeback per 16 MiB of it
+WRITE_RUN_BLOCKS = 16384
 CHECK_BATCH = 4096  # blocks verified at once per plex by check() (16 MiB at 4 KiB blocks)
 READ_REGION_BLOCKS = 16384  # blocks read from one plex before the next region's (64 MiB)
 
@@ -305,7 +308,7 @@ class MirrorSet:
             order = np.argsort(blks, kind="stable")
             blks, bufs = blks[order], [bufs[i] for i in order.tolist()]
         bs = self.block_size
-        plan = [(int(blks[s]) * bs, bufs[s:e]) for s, e in runs(blks)]
+        plan = [(int(blks[s]) * bs, bufs[s:e]) for s, e in runs(blks, WRITE_RUN_BLOCKS)]
         nbytes = len(blks) * bs
 
         def write(slot: PlexSlot) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import subprocess
 import sys
@@ -201,3 +203,44 @@ def test_large_writes_start_writeback_early_and_read_back(tmp_path: Path) -> Non
         finally:
             plex.close()
             path.unlink()
+
+
+def _resident(path: Path, offset: int, length: int) -> int:
+    """Pages of ``path`` in [offset, offset + length) that are in the page cache (mincore)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    page = mmap.PAGESIZE
+    with path.open("r+b") as f:
+        mm = mmap.mmap(f.fileno(), offset + length)
+        try:
+            anchor = ctypes.c_char.from_buffer(mm)
+            vec = (ctypes.c_ubyte * (-(-length // page)))()
+            rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor) + offset), length, vec)
+            del anchor
+            assert rc == 0, os.strerror(ctypes.get_errno())
+            return sum(v & 1 for v in vec)
+        finally:
+            mm.close()
+
+
+def test_a_flush_drops_streamed_writes_from_the_page_cache_and_keeps_small_ones(
+        tmp_path: Path) -> None:
+    """A large write leaves the page cache once a flush made it durable (the next CP's
+    copy reuses those pages); a small one (metadata, a small file) stays cached, and
+    every byte reads back from the disk unchanged."""
+    rng = np.random.default_rng(6)
+    big = [rng.bytes(4096) for _ in range(3 * IOV_MAX)]  # 12 MiB, several system calls
+    small = rng.bytes(8192)
+    path = tmp_path / "cache.img"
+    plex = FilePlex.create(str(path), 16 * MiB)
+    try:
+        plex.writev(MiB, big)
+        plex.writev(0, [small])
+        assert _resident(path, MiB, len(big) * 4096) == len(big)  # written, not flushed
+        plex.flush()
+        assert _resident(path, MiB, len(big) * 4096) == 0
+        assert _resident(path, 0, 8192) == 2
+        assert plex.read(MiB, len(big) * 4096) == b"".join(big)
+        assert plex.read(0, 8192) == small
+    finally:
+        plex.close()

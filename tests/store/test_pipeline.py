@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -227,3 +228,21 @@ def test_the_cp_placed_while_one_flies_never_takes_its_blocks(
     store.drain()
     assert store.cp == flying.cp + 1
     assert fsck(store).clean
+
+
+def test_a_flight_switches_threads_quickly_and_puts_the_interval_back(
+        gated: tuple[Volume, GatedPlex]) -> None:
+    """While a CP flies, the interpreter's switch interval is FLIGHT_SWITCH_INTERVAL
+    (the flight's system calls get the GIL back soon); once no flight runs, the
+    caller's own interval is back."""
+    vol, plex = gated
+    before = sys.getswitchinterval()
+    assert before > _store.FLIGHT_SWITCH_INTERVAL
+    plex.hold(every_write=True)
+    vol.write_bytes("/a", bytes(300 * KIB))  # past the dirty limit: a CP flies
+    wait_at_gate(vol, plex)
+    assert sys.getswitchinterval() == _store.FLIGHT_SWITCH_INTERVAL
+    plex.release()
+    vol.sync()
+    assert vol.store._flight is None
+    assert sys.getswitchinterval() == before

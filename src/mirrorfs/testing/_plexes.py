@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from ..errors import PlexIOError
 from ..plex import Buffer, Plex, read_by_readinto
+from ..plex._file import IOV_MAX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +91,12 @@ class RecordingPlex:
         self.inner.readinto(offset, buf)
 
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
-        if self.recording:
-            self.ops.append(Op(offset, b"".join(bytes(b) for b in bufs)))
+        if self.recording:  # one op per system call a FilePlex makes (IOV_MAX buffers)
+            pos = offset
+            for i in range(0, len(bufs), IOV_MAX):
+                data = b"".join(bytes(b) for b in bufs[i : i + IOV_MAX])
+                self.ops.append(Op(pos, data))
+                pos += len(data)
         self.inner.writev(offset, bufs)
 
     def flush(self) -> None:
