@@ -244,3 +244,28 @@ def test_a_flush_drops_streamed_writes_from_the_page_cache_and_keeps_small_ones(
         assert plex.read(0, 8192) == small
     finally:
         plex.close()
+
+
+def test_a_large_read_leaves_the_page_cache_and_a_small_one_stays(tmp_path: Path) -> None:
+    """Reads of READ_STREAM_MIN or more drop their range once read (streaming reads
+    recycle pages); smaller ones (nodes, small files) stay cached."""
+    rng = np.random.default_rng(7)
+    data = rng.bytes(4 * MiB)
+    path = tmp_path / "read.img"
+    with path.open("wb") as f:  # on the disk and out of the cache: the reads bring it in
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    assert _resident(path, 0, len(data)) == 0
+    plex = FilePlex(str(path))
+    try:
+        small = bytearray(8192)
+        plex.readinto(0, memoryview(small))
+        big = bytearray(_file.READ_STREAM_MIN * 8)
+        plex.readinto(MiB, memoryview(big))
+        assert bytes(small) == data[:8192] and bytes(big) == data[MiB : MiB + len(big)]
+        assert _resident(path, 0, 8192) == 2
+        assert _resident(path, MiB, len(big)) == 0
+    finally:
+        plex.close()

@@ -13,17 +13,25 @@ and the fdatasync finds little left. Measured on this VM (1 GiB, CPs of
 256 MiB): 231-287 MB/s without the hint, 399-413 MB/s with it, dd 401-459.
 O_DIRECT was tried instead: half the CPU, but 239-272 MB/s.
 
-Streaming writes leave the page cache. Once a flush has made them durable,
+Streaming I/O leaves the page cache. Once a flush has made them durable,
 the ranges of large writes are dropped from the page cache (fadvise
-DONTNEED), as ``dd oflag=nocache`` does. Why: the copy into the page cache
-was the largest CPU cost of a write (copy_folio_from_iter_atomic, a third
-of all samples), and it runs several times slower into pages the kernel
-has not used lately; pages given back after each CP are the ones the next
-CP's copy gets. A bulk write also no longer pushes the working set (nodes,
-small files) out of the cache. Small writes (metadata, small files) stay
-cached. Measured by a raw pwritev loop (1 GiB in CPs of 256 MiB, the hint
-per 4 MiB; session 4's /var/tmp/s4/raw8.py): the copy took 0.44-0.77 s of
-system time with the drop, 0.62-2.25 s without.
+DONTNEED), as ``dd oflag=nocache`` does; so are large reads once read.
+Why: the copy into the page cache was the largest CPU cost of a write
+(copy_folio_from_iter_atomic, a third of all samples), and it runs several
+times slower into pages the kernel has not used lately; pages given back
+after each CP are the ones the next CP's copy gets, and pages given back
+after each read are the ones the read-ahead fills next. Dropping only
+writes made later cold reads slower, since their pages then came from
+memory freed long before. Streaming also no longer pushes the working set
+(nodes, small files) out of the cache, and a mounted file's data is not
+cached twice (the kernel caches the mounted file's pages too). Small reads
+and writes (metadata, small files) stay cached; a large range read again
+comes from the disk. Measured by a raw pwritev loop (1 GiB in CPs of
+256 MiB, the hint per 4 MiB; session 4's /var/tmp/s4/raw8.py): the copy
+took 0.44-0.77 s of system time with the drop, 0.62-2.25 s without. Through
+a 2-plex mount (/var/tmp/s4/mr.sh, dd of 1 GiB, then a cold read), with
+no drop, drops on writes only, and drops on both: writes 160-186,
+191-247, 212-247 MB/s; cold reads 874-1100, 489-819, 788-827 MB/s.
 
 Few system calls. Each call gives up the GIL and must take it back, which
 waits while a writer thread runs Python (see ``store._store._quick_switch``),
@@ -46,6 +54,7 @@ from ._base import Buffer, check_read
 
 IOV_MAX = 1024  # most buffers per pwritev call (Linux's IOV_MAX)
 WRITEBACK_MIN = 256 << 10  # smallest write whose range gets an early-writeback hint
+READ_STREAM_MIN = 128 << 10  # smallest read dropped from the page cache (FUSE's read size)
 HINT_BYTES = 16 << 20  # a long write gets its hint every this many bytes, not per pwritev
 SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages, wait for nothing
 
@@ -166,8 +175,13 @@ class FilePlex:
                                              f"{e.strerror}") from None
             if n == 0:  # past the end of a sparse image file: zeros
                 buf[got:] = bytes(length - got)
-                return
+                break
             got += n
+        if length >= READ_STREAM_MIN:
+            # the bytes are the caller's now (and, under a mount, in the kernel's cache
+            # of the mounted file): a hint, like the ones on writes
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_DONTNEED)
 
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
         if self.read_only:
