@@ -93,6 +93,34 @@ def scratch_dir(arg: str | None, keep: bool = False, base: Path = Path("/var/tmp
             shutil.rmtree(p, ignore_errors=True)
 
 
+def source_state() -> dict[str, Any]:
+    """Which mirrorfs is measured: its location, and the commit (from git, or a COMMIT file).
+
+    To measure a fixed snapshot while others edit the tree:
+    ``git archive HEAD src bench | tar -x -C DIR; git rev-parse --short HEAD > DIR/COMMIT``
+    and run with ``PYTHONPATH=DIR/src`` (the CLI subprocesses inherit it).
+    """
+    import mirrorfs
+
+    src = Path(mirrorfs.__file__).resolve().parent.parent
+    out: dict[str, Any] = {"path": str(src)}
+    marker = src.parent / "COMMIT"
+    if marker.exists():
+        out.update(commit=marker.read_text().strip(), snapshot=True)
+        return out
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(src), *args], capture_output=True,
+                                  text=True, timeout=30, check=True).stdout
+
+        head = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--", ".")
+        out.update(commit=head, snapshot=False, src_files_changed=len(dirty.splitlines()))
+    except (subprocess.SubprocessError, OSError):
+        out["commit"] = None
+    return out
+
+
 def machine_info(where: Path) -> dict[str, Any]:
     """What the figures were measured on."""
     du = shutil.disk_usage(where)

@@ -71,6 +71,7 @@ from _common import (
     median,
     read_back,
     scratch_dir,
+    source_state,
     target,
     warn_if_busy,
 )
@@ -309,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     prof = args.profile
 
     with scratch_dir(args.dir, args.keep) as work:
-        doc: dict[str, Any] = {"benchmark": "fs_api", "machine": machine_info(work)}
+        doc: dict[str, Any] = {"benchmark": "fs_api", "machine": machine_info(work),
+                               "source": source_state()}
         doc["config"] = {"quick": args.quick, "seq_bytes": seq_mib * MIB, "files": files,
                          "snap_bytes": [m * MIB for m in snap_mib], "snap_repeats": repeats,
                          "plexes": args.plexes, "block_size": 4096, "io_size": MIB,

@@ -75,6 +75,7 @@ from _common import (
     median,
     read_back,
     scratch_dir,
+    source_state,
     target,
     warn_if_busy,
 )
@@ -257,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     prof = args.profile
 
     with scratch_dir(args.dir, args.keep) as work:
-        doc: dict[str, Any] = {"benchmark": "mirror", "machine": machine_info(work)}
+        doc: dict[str, Any] = {"benchmark": "mirror", "machine": machine_info(work),
+                               "source": source_state()}
         doc["config"] = {"quick": args.quick, "bytes": mib * MIB, "rounds": rounds,
                          "plex_counts": list(PLEX_COUNTS), "block_size": 4096,
                          "io_size": MIB, "data": "one random 1 MiB buffer, repeated",

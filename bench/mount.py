@@ -119,6 +119,7 @@ from _common import (
     machine_info,
     median,
     scratch_dir,
+    source_state,
     target,
     warn_if_busy,
 )
@@ -772,25 +773,6 @@ def tar_x(fs: Fs, meter: Meter, r: int, tar: Path, info: dict[str, Any], verify:
 
 
 # -- the run --------------------------------------------------------------------------
-
-
-def source_state() -> dict[str, Any]:
-    """Which mirrorfs is measured: its location, and the commit (from git, or a COMMIT file)."""
-    import mirrorfs
-
-    src = Path(mirrorfs.__file__).resolve().parent.parent
-    out: dict[str, Any] = {"path": str(src)}
-    marker = src.parent / "COMMIT"
-    if marker.exists():
-        out.update(commit=marker.read_text().strip(), snapshot=True)
-        return out
-    try:
-        head = run(["git", "-C", src, "rev-parse", "--short", "HEAD"], 30).stdout.strip()
-        dirty = run(["git", "-C", src, "status", "--porcelain", "--", "."], 30).stdout
-        out.update(commit=head, snapshot=False, src_files_changed=len(dirty.splitlines()))
-    except (RuntimeError, OSError):
-        out["commit"] = None
-    return out
 
 
 def log_findings(path: Path) -> dict[str, Any]:

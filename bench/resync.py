@@ -115,6 +115,7 @@ from _common import (
     maybe_profile,
     median,
     scratch_dir,
+    source_state,
     target,
     warn_if_busy,
 )
@@ -889,31 +890,6 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
 
 # -- main --------------------------------------------------------------------------
-
-
-def source_state() -> dict[str, Any]:
-    """Which mirrorfs is measured: its location, and the commit (from git, or a COMMIT file).
-
-    To measure a fixed snapshot while others edit the tree:
-    ``git archive HEAD src | tar -x -C DIR; git rev-parse --short HEAD > DIR/COMMIT`` and
-    run with ``PYTHONPATH=DIR/src`` (the CLI subprocesses inherit it).
-    """
-    import mirrorfs
-
-    src = Path(mirrorfs.__file__).resolve().parent.parent
-    out: dict[str, Any] = {"path": str(src)}
-    marker = src.parent / "COMMIT"
-    if marker.exists():
-        out["commit"] = marker.read_text().strip()
-        out["snapshot"] = True
-        return out
-    try:
-        head = run(["git", "-C", src, "rev-parse", "--short", "HEAD"]).stdout.strip()
-        dirty = run(["git", "-C", src, "status", "--porcelain", "--", "."]).stdout
-        out.update(commit=head, snapshot=False, src_files_changed=len(dirty.splitlines()))
-    except (RuntimeError, OSError):
-        out["commit"] = None
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
