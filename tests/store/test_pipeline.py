@@ -17,6 +17,7 @@ import random
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -246,3 +247,49 @@ def test_a_flight_switches_threads_quickly_and_puts_the_interval_back(
     vol.sync()
     assert vol.store._flight is None
     assert sys.getswitchinterval() == before
+
+
+def test_the_next_cp_writes_its_blocks_while_one_flies_and_a_crash_meets_the_cp_before(
+        gated: tuple[Volume, GatedPlex], tmp_path: Path) -> None:
+    """A CP placed while another flies writes its blocks at once (the disk does
+    not wait between CPs). Those blocks are free in both CPs before it, so an
+    image copied while the flying CP waits before its superblock, with the next
+    CP's data already on the plex, opens at the CP before both, intact."""
+    vol, plex = gated
+    rng = random.Random(11)
+    x = rng.randbytes(40 * KIB)
+    vol.write_bytes("/x", x)
+    vol.sync()
+    cp_n = vol.store.cp
+
+    plex.hold()  # CP n+1's superblock waits at the gate; data writes pass
+    a = rng.randbytes(300 * KIB)
+    vol.write_bytes("/a", a)  # past the dirty limit: CP n+1 flies
+    wait_at_gate(vol, plex)
+    b = rng.randbytes(300 * KIB)
+    with vol.open_file("/a", "r+b") as f:
+        f.write(b)  # CP n+2 overwrites /a in place: its blocks must take none of n+1's
+    syncer = threading.Thread(target=vol.sync)  # places CP n+2, waits for n+1 to land
+    syncer.start()
+    image = Path(plex.spec)
+    deadline = time.monotonic() + GATE_TIMEOUT_S
+    while b[:4096] not in image.read_bytes():  # CP n+2's first block reaches the plex
+        assert time.monotonic() < deadline, "CP n+2 wrote nothing while CP n+1 flew"
+        time.sleep(0.01)
+    assert syncer.is_alive() and vol.store.cp == cp_n
+
+    crash = open_copy(plex.spec, tmp_path / "crash.img")
+    try:
+        assert crash.store.cp == cp_n
+        assert crash.read_bytes("/x") == x
+        assert not crash.exists("/a")
+        assert fsck(crash.store).clean
+    finally:
+        crash.close()
+
+    plex.release()
+    syncer.join(GATE_TIMEOUT_S)
+    assert not syncer.is_alive()
+    assert vol.store.cp == cp_n + 2
+    assert vol.read_bytes("/a") == b
+    assert fsck(vol.store).clean

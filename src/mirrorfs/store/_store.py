@@ -29,11 +29,14 @@ Pipelining. Step 1 runs under the lock; steps 2-4 (``_fly``) may run in a
 thread of their own while writers fill the next CP: a CP started by the
 dirty limit or the timer is *in flight* until ``_land`` finishes it under
 the lock. At most one CP is in flight. The next one may be placed and
-sealed while it flies (so the plexes are not idle while a writer seals), but
-it starts only after the flying one lands, so step 5 holds as before: that
-placement holds the flying CP's plane from allocation (``Allocator.hold``),
-``committed`` becomes its plane only when it lands, and nothing it freed is
-reused before its superblocks are on the plexes. Everything the
+sealed while it flies (so the plexes are not idle while a writer seals), and
+its blocks written at once (step 2, ``_prewrite``: the disk does not wait
+between CPs), but its flush and superblocks come only after the flying one
+lands, so step 5 holds as before: that placement holds the flying CP's plane
+from allocation (``Allocator.hold``), ``committed`` becomes its plane only
+when it lands, and nothing it freed is reused before its superblocks are on
+the plexes. A crash while both are written finds CP n or n+1 intact, since
+CP n+2's blocks are free in both. Everything the
 flying CP writes is captured when it is placed (blocks, bytes, roots,
 counts, its plane), so later changes in memory cannot leak into it; reads of
 its blocks before they reach the plexes are served from those bytes
@@ -156,6 +159,8 @@ class _Flight:
     before_sb: set[int] = dataclasses.field(default_factory=set)
     after: set[int] = dataclasses.field(default_factory=set)
     error: Exception | None = None
+    prewrite: threading.Thread | None = None  # its blocks, written while the CP before flies
+    prewrite_error: Exception | None = None
 
 
 FLIGHT_SWITCH_INTERVAL = 0.001  # seconds: the interpreter's thread switch interval in a flight
@@ -377,13 +382,25 @@ class Store:
 
     def _advance(self, background: bool) -> None:
         """Place the next CP (while the one in flight, if any, still flies), land that
-        one, then start this one behind it: here, or in a thread (``background``)."""
+        one, then start this one behind it: here, or in a thread (``background``).
+
+        When one flies, this CP's blocks are written at once, while that one
+        still flushes and writes its superblocks (``_prewrite``), so the disk
+        never waits between CPs.
+        """
         try:
             fl = self._place()
         except Exception as e:
             self.broken = e
             raise
-        bases = self._land(defer_bases=True)  # its failure marks the store broken
+        if self._flight is not None:
+            self._prewrite(fl)
+        try:
+            bases = self._land(defer_bases=True)  # its failure marks the store broken
+        except BaseException:
+            if fl.prewrite is not None:
+                fl.prewrite.join()  # no write may outlive the store's plexes
+            raise
         try:
             self._start(fl, background)
             if bases:  # record the resync bases now, not whenever the next CP comes
@@ -458,6 +475,33 @@ class Store:
             n_snapshots=len(self.snapshots), snaptab_root=ptr_bytes(self.snap_tree.root),
             snaptab_height=self.snap_tree.height)
 
+    def _prewrite(self, fl: _Flight) -> None:
+        """Step 2 of a CP placed while the one before it flies, in a thread of its own.
+
+        Safe before that one lands: its blocks are free in the last committed
+        CP and in the flying one (``_place`` holds the flying plane), so a
+        crash now still finds either CP intact; its superblocks come only
+        after its own flush (``_fly``), which is after the flying CP's.
+        """
+        def write() -> None:
+            try:
+                self.mirror.write_blocks(fl.blks, fl.datas)
+            except Exception as e:
+                fl.prewrite_error = e
+
+        fl.prewrite = threading.Thread(target=write, name=f"cp-{fl.cp}-blocks", daemon=True)
+        fl.prewrite.start()
+
+    @staticmethod
+    def _join_prewrite(fl: _Flight) -> bool:
+        """Wait for ``fl``'s early block writes, if any; whether there were."""
+        if fl.prewrite is None:
+            return False
+        fl.prewrite.join()
+        if fl.prewrite_error is not None:
+            raise fl.prewrite_error
+        return True
+
     def _start(self, fl: _Flight, background: bool) -> None:
         """Steps 2-4 of a placed CP, once the CP before it has landed."""
         assert self._flight is None and fl.cp == self.cp + 1
@@ -475,7 +519,8 @@ class Store:
         """Steps 2-4: blocks, flush, superblocks. Touches only ``fl`` and the mirror."""
         try:
             with _quick_switch():
-                self.mirror.write_blocks(fl.blks, fl.datas)
+                if not self._join_prewrite(fl):
+                    self.mirror.write_blocks(fl.blks, fl.datas)
                 self.mirror.flush()
                 fl.before_sb = set(map(id, self.mirror.in_sync()))
                 fl.members = self._members(fl.cp)
