@@ -89,6 +89,18 @@ def open_copy(src: str, dst: Path) -> Volume:
                          cp_interval=None)
 
 
+def crash_meets_cp_n(plex: GatedPlex, tmp_path: Path, cp_n: int, x: bytes) -> None:
+    """A copy of the plex now (a crash) opens at CP n: /x as it was, no /a, fsck clean."""
+    crash = open_copy(plex.spec, tmp_path / "crash.img")
+    try:
+        assert crash.store.cp == cp_n
+        assert crash.read_bytes("/x") == x
+        assert not crash.exists("/a")
+        assert fsck(crash.store).clean
+    finally:
+        crash.close()
+
+
 def test_a_flying_cp_reads_back_takes_overwrites_and_a_crash_meets_the_cp_before(
         gated: tuple[Volume, GatedPlex], tmp_path: Path) -> None:
     vol, plex = gated
@@ -117,14 +129,7 @@ def test_a_flying_cp_reads_back_takes_overwrites_and_a_crash_meets_the_cp_before
     assert vol.read_bytes("/a") == a
     vol.unlink("/x")
 
-    crash = open_copy(plex.spec, tmp_path / "crash.img")
-    try:
-        assert crash.store.cp == cp_n
-        assert crash.read_bytes("/x") == x
-        assert not crash.exists("/a")
-        assert fsck(crash.store).clean
-    finally:
-        crash.close()
+    crash_meets_cp_n(plex, tmp_path, cp_n, x)
 
     plex.release()
     vol.sync()
@@ -278,14 +283,7 @@ def test_the_next_cp_writes_its_blocks_while_one_flies_and_a_crash_meets_the_cp_
         time.sleep(0.01)
     assert syncer.is_alive() and vol.store.cp == cp_n
 
-    crash = open_copy(plex.spec, tmp_path / "crash.img")
-    try:
-        assert crash.store.cp == cp_n
-        assert crash.read_bytes("/x") == x
-        assert not crash.exists("/a")
-        assert fsck(crash.store).clean
-    finally:
-        crash.close()
+    crash_meets_cp_n(plex, tmp_path, cp_n, x)
 
     plex.release()
     syncer.join(GATE_TIMEOUT_S)
