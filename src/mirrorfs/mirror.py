@@ -37,7 +37,7 @@ from .plex import Buffer, Plex
 
 log = logging.getLogger(__name__)
 
-MAX_RUN_BLOCKS = 1024  # longest run read or written in one call (4 MiB at 4 KiB blocks)
+MAX_RUN_BLOCKS = 1024  # longest run read in one call, or copied by resync (4 MiB at 4 KiB)
 # longest run of a CP handed to a plex in one writev (64 MiB at 4 KiB blocks): the plex
 # splits it into system calls itself, and a file plex hints writeback per 16 MiB of it
 WRITE_RUN_BLOCKS = 16384

@@ -89,6 +89,14 @@ def open_copy(src: str, dst: Path) -> Volume:
                          cp_interval=None)
 
 
+def commit_x(vol: Volume, rng: random.Random) -> tuple[bytes, int]:
+    """CP n: /x (40 KiB) committed; its bytes and n."""
+    x = rng.randbytes(40 * KIB)
+    vol.write_bytes("/x", x)
+    vol.sync()
+    return x, vol.store.cp
+
+
 def crash_meets_cp_n(plex: GatedPlex, tmp_path: Path, cp_n: int, x: bytes) -> None:
     """A copy of the plex now (a crash) opens at CP n: /x as it was, no /a, fsck clean."""
     crash = open_copy(plex.spec, tmp_path / "crash.img")
@@ -105,10 +113,7 @@ def test_a_flying_cp_reads_back_takes_overwrites_and_a_crash_meets_the_cp_before
         gated: tuple[Volume, GatedPlex], tmp_path: Path) -> None:
     vol, plex = gated
     rng = random.Random(7)
-    x = rng.randbytes(40 * KIB)
-    vol.write_bytes("/x", x)
-    vol.sync()
-    cp_n = vol.store.cp
+    x, cp_n = commit_x(vol, rng)
 
     plex.hold(every_write=True)  # nothing of CP n+1 reaches the plex
     a = bytearray(rng.randbytes(300 * KIB))  # past the dirty limit: CP n+1 flies
@@ -262,10 +267,7 @@ def test_the_next_cp_writes_its_blocks_while_one_flies_and_a_crash_meets_the_cp_
     CP's data already on the plex, opens at the CP before both, intact."""
     vol, plex = gated
     rng = random.Random(11)
-    x = rng.randbytes(40 * KIB)
-    vol.write_bytes("/x", x)
-    vol.sync()
-    cp_n = vol.store.cp
+    x, cp_n = commit_x(vol, rng)
 
     plex.hold()  # CP n+1's superblock waits at the gate; data writes pass
     a = rng.randbytes(300 * KIB)

@@ -15,7 +15,8 @@ O_DIRECT was tried instead: half the CPU, but 239-272 MB/s.
 
 Streaming I/O leaves the page cache. Once a flush has made them durable,
 the ranges of large writes are dropped from the page cache (fadvise
-DONTNEED), as ``dd oflag=nocache`` does; so are large reads once read.
+DONTNEED), as ``dd oflag=nocache`` does; so are large reads into a
+caller's buffer (``readinto``, the file data path) once read.
 Why: the copy into the page cache was the largest CPU cost of a write
 (copy_folio_from_iter_atomic, a third of all samples), and it runs several
 times slower into pages the kernel has not used lately; pages given back
@@ -30,8 +31,12 @@ comes from the disk. Measured by a raw pwritev loop (1 GiB in CPs of
 256 MiB, the hint per 4 MiB; session 4's /var/tmp/s4/raw8.py): the copy
 took 0.44-0.77 s of system time with the drop, 0.62-2.25 s without. Through
 a 2-plex mount (/var/tmp/s4/mr.sh, dd of 1 GiB, then a cold read), with
-no drop, drops on writes only, and drops on both: writes 160-186,
-191-247, 212-247 MB/s; cold reads 874-1100, 489-819, 788-827 MB/s.
+no drop, drops on writes only, and drops on both: writes 160-212,
+191-244, 170-247 MB/s; cold reads 874-1100, 489-819, 719-919 MB/s.
+
+Two threads may write at once: a CP's early block writes and the flush of
+the CP before it (``store._store``). The list of streamed ranges is only a
+hint: a range that misses a flush's drop merely stays cached.
 
 Few system calls. Each call gives up the GIL and must take it back, which
 waits while a writer thread runs Python (see ``store._store._quick_switch``),
@@ -179,9 +184,8 @@ class FilePlex:
             got += n
         if length >= READ_STREAM_MIN:
             # the bytes are the caller's now (and, under a mount, in the kernel's cache
-            # of the mounted file): a hint, like the ones on writes
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_DONTNEED)
+            # of the mounted file)
+            self._drop(offset, length)
 
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
         if self.read_only:
@@ -240,10 +244,13 @@ class FilePlex:
             os.fdatasync(self._fd)
         except OSError as e:
             raise PlexIOError(self.spec, f"flush: {e.strerror}") from None
-        for pos, length in ranges:
-            # clean now, so dropping them loses nothing; a hint, like the one above
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(self._fd, pos, length, os.POSIX_FADV_DONTNEED)
+        for pos, length in ranges:  # clean now, so dropping them loses nothing
+            self._drop(pos, length)
+
+    def _drop(self, pos: int, length: int) -> None:
+        """Give a range's pages back to the kernel (a hint: its errors change nothing)."""
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self._fd, pos, length, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -177,8 +177,8 @@ def _quick_switch() -> Iterator[None]:
     taking it back waits for the writer thread to yield it, which CPython
     forces only once per switch interval. At the default 5 ms, with a writer
     busy in Python, the flight spent more time waiting for the GIL than
-    writing: 1 GiB through the API, 260-270 MB/s at 5 ms, 300-320 at 1 ms
-    (``/var/tmp/s4/wr_ab.py``). The interval is process-wide, so it is
+    writing: 1 GiB through the API, 257-312 MB/s at 5 ms, 258-341 at 1 ms
+    (``/var/tmp/s4/wr_ab.py``, alternating runs). The interval is process-wide, so it is
     lowered only while some flight runs (counted across stores) and put back
     after the last one, unless someone else changed it in the meantime.
     """
