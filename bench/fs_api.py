@@ -73,6 +73,7 @@ from _common import (
     scratch_dir,
     source_state,
     target,
+    warm_memory,
     warn_if_busy,
 )
 
@@ -318,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                          "data": "one random 1 MiB buffer, repeated",
                          "profiled": prof is not None}
         warn_if_busy()
+        if not args.quick:
+            doc["machine"]["memory_warmup"] = warm_memory()
         res: dict[str, Any] = {}
         t_all = time.perf_counter()
         if "write" in tests:

@@ -121,6 +121,7 @@ from _common import (
     scratch_dir,
     source_state,
     target,
+    warm_memory,
     warn_if_busy,
 )
 
@@ -961,6 +962,8 @@ def main(argv: list[str] | None = None) -> int:
             doc["machine"] = machine_info(work)
             log(f"load average at start: {doc['machine']['loadavg_start']}")
             warn_if_busy()
+            if not args.quick:
+                doc["machine"]["memory_warmup"] = warm_memory()
             doc["source"] = source_state()
             log(f"mirrorfs from {doc['source']}")
             log(f"sources in {shm}: {mib} MiB pattern file, tar of {tar_src}")

@@ -117,6 +117,7 @@ from _common import (
     scratch_dir,
     source_state,
     target,
+    warm_memory,
     warn_if_busy,
 )
 
@@ -935,6 +936,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"WARNING: {free_bytes(work) / GIB:.1f} GiB free in {work}; the largest "
                 f"workload needs about {need / GIB:.1f} GiB (more with the CLI run)")
         warn_if_busy()
+        if not args.quick:
+            doc["machine"]["memory_warmup"] = warm_memory()
         t_all = time.perf_counter()
         res: dict[str, Any] = {}
         for name in chosen:
