@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
+from mirrorfs.testing import NbdkitFailed, NbdkitServer, start_nbdkit
 from mirrorfs.volume import Volume
 
 # CI replays the same examples every run (a red CI must mean a change broke
@@ -59,3 +61,23 @@ def volume(tmp_path: Path) -> Iterator[Volume]:
         yield vol
     finally:
         vol.close()
+
+
+@pytest.fixture
+def nbdkit(tmp_path: Path) -> Iterator[Callable[..., NbdkitServer]]:
+    """Start nbdkit servers on loopback: ``nbdkit(*args)``; all are killed at the end."""
+    if shutil.which("nbdkit") is None:
+        pytest.skip("this machine lacks nbdkit (Debian package nbdkit)")
+    servers: list[NbdkitServer] = []
+
+    def start(*args: str) -> NbdkitServer:
+        try:
+            server = start_nbdkit(tmp_path, *args)
+        except NbdkitFailed as e:
+            pytest.fail(str(e))
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()

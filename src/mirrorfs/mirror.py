@@ -14,6 +14,21 @@ success, rewrites the good bytes onto the plex that failed. Reads land
 directly in the caller's buffer (``read_into``): no allocation per block or
 per run on the hot path.
 
+Read-ahead. A reader that streams (``store`` detects it) names the blocks it
+will want next with ``prefetch``; they are read in pieces of
+PREFETCH_PIECE_BLOCKS by background threads, the pieces dealt round-robin
+over the in-sync plexes, so independent plexes stream at once and the
+reader's own work overlaps the I/O. Only plexes that ask for it
+(``Plex.read_ahead``: NBD exports, not files, which the kernel reads ahead)
+get pieces. ``read_into`` then copies a block from
+its piece instead of reading it, and verifies it like any other: a piece is
+only a guess of the plex's bytes. A piece that fails its checksum (a block
+rewritten since it was fetched) is read again from the plex before anything
+counts as damage; a piece whose read failed is simply not used, so errors
+take the one ordinary path (failover and repair). Pieces are dropped when
+consumed, when written over, when the plex set changes, and past
+PREFETCH_MAX_PIECES (oldest first).
+
 Writes. ``write_blocks`` sorts and coalesces blocks into runs and issues one
 ``writev`` per run per plex; plexes are written in parallel threads (file
 I/O releases the GIL).
@@ -24,9 +39,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +59,8 @@ MAX_RUN_BLOCKS = 1024  # longest run read in one call, or copied by resync (4 Mi
 WRITE_RUN_BLOCKS = 16384
 CHECK_BATCH = 4096  # blocks verified at once per plex by check() (16 MiB at 4 KiB blocks)
 READ_REGION_BLOCKS = 16384  # blocks read from one plex before the next region's (64 MiB)
+PREFETCH_PIECE_BLOCKS = 256  # blocks per read-ahead read, and per plex in turn (1 MiB)
+PREFETCH_MAX_PIECES = 64  # most read-ahead pieces held or in flight (64 MiB at 4 KiB)
 
 
 @dataclasses.dataclass(eq=False)
@@ -79,6 +97,9 @@ class MirrorStats:
     write_bytes: int
     repaired: int
     errors: int
+    prefetched_pieces: int = 0  # read-ahead reads started
+    prefetched_blocks_used: int = 0  # blocks a reader took from them
+    prefetched_stale: int = 0  # blocks whose piece was out of date, read again
 
 
 READ_ERROR = "read error"  # why a copy is bad (CheckResult.bad): the plex could not read it
@@ -99,6 +120,20 @@ class CheckResult:
     bad: list[tuple[str, int, int, str]] = dataclasses.field(default_factory=list)
     repaired: int = 0
     unrecoverable: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(eq=False)
+class _Piece:
+    """Blocks [lo, hi) (one aligned piece) read ahead from one plex into ``buf``.
+
+    ``fut`` is True once the read worked, False if it failed.
+    """
+
+    lo: int
+    hi: int
+    slot: PlexSlot
+    buf: bytearray
+    fut: Future[bool]
 
 
 def runs(blks: npt.NDArray[np.uint64], limit: int = MAX_RUN_BLOCKS) -> list[tuple[int, int]]:
@@ -149,6 +184,13 @@ class MirrorSet:
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.slots)),
                                         thread_name_prefix="plex")
         self._reads = self._read_bytes = self._writes = self._write_bytes = 0
+        # read-ahead: pieces by index (blk // PREFETCH_PIECE_BLOCKS), oldest first; a leaf
+        # lock, held for dict operations only, never across I/O or a wait
+        self._pieces: dict[int, _Piece] = {}
+        self._pieces_lock = threading.Lock()
+        self._spare: list[bytearray] = []  # piece buffers to reuse
+        self._fetched = self._fetch_used = self._fetch_stale = 0
+        self._rpool: ThreadPoolExecutor | None = None  # made on the first prefetch
 
     # -- membership ---------------------------------------------------------
 
@@ -167,6 +209,7 @@ class MirrorSet:
             log.warning("plex %s failed and leaves the in-sync set: %s", slot.spec, err)
         slot.state = PlexState.FAILED
         slot.errors += 1
+        self.drop_prefetched()
 
     def _check_writable(self, what: str) -> list[PlexSlot]:
         ws = self.writable()
@@ -252,21 +295,36 @@ class MirrorSet:
         bad: list[tuple[int, PlexSlot]] = []
         for s, e in spans(blks, pos):
             slot = self.reader_for(int(blks[s]), readers)
+            b0 = int(blks[s])
             p = int(pos[s])
             dest = out[p * bs : (p + e - s) * bs]
-            try:
-                slot.plex.readinto(int(blks[s]) * bs, dest)
-            except PlexIOError as err:
-                self.fail(slot, err)
-                bad.extend((i, slot) for i in range(s, e))
-                readers = self.readable() or readers
-                continue
-            self._reads += 1
-            self._read_bytes += len(dest)
+            parts = (self._from_pieces(b0, e - s, dest, slot) if self._pieces
+                     else [(0, e - s, slot, False)])
+            failed: list[tuple[int, int]] = []
+            for a, b, src, copied in parts:
+                if copied:
+                    continue
+                try:
+                    src.plex.readinto((b0 + a) * bs, dest[a * bs : b * bs])
+                except PlexIOError as err:
+                    self.fail(src, err)
+                    bad.extend((i + s, src) for i in range(a, b))
+                    failed.append((a, b))
+                    readers = self.readable() or readers
+                    continue
+                self._reads += 1
+                self._read_bytes += (b - a) * bs
             blocks = [dest[i * bs : (i + 1) * bs] for i in range(e - s)]
             ok = np.all(checksums(blocks) == cks[s:e], axis=1)
             if not ok.all():
-                bad.extend((int(i) + s, slot) for i in np.flatnonzero(~ok))
+                for i in np.flatnonzero(~ok).tolist():
+                    if any(a <= i < b for a, b in failed):
+                        continue  # already counted bad
+                    _, _, src, copied = next(p for p in parts if p[0] <= i < p[1])
+                    if copied and self._refetch(src, b0 + i, dest[i * bs : (i + 1) * bs],
+                                                cks[s + i]):
+                        continue
+                    bad.append((i + s, src))
         for i, slot in bad:
             p = int(pos[i])
             out[p * bs : (p + 1) * bs] = self._recover(ptrs[i : i + 1], slot, what)
@@ -295,6 +353,132 @@ class MirrorSet:
             slot.errors += 1
         raise CorruptBlock(what or "volume", blk, "checksum mismatch on every in-sync plex")
 
+    # -- read-ahead ---------------------------------------------------------
+
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether any in-sync plex wants read-ahead (``Plex.read_ahead``)."""
+        return any(s.plex.read_ahead for s in self.readable())
+
+    def prefetch(self, blks: npt.NDArray[np.uint64]) -> None:
+        """Start reading the pieces holding ``blks`` in the background; ``read_into`` uses them.
+
+        A piece is the whole aligned run of PREFETCH_PIECE_BLOCKS around its
+        blocks: one read however the blocks lie in it (a file's data is broken
+        by the nodes placed between its runs), and any later wish for a block
+        in it is already covered. Pieces held or in flight are not read again;
+        a full store drops its oldest.
+        """
+        readers = [s for s in self.readable() if s.plex.read_ahead]
+        if len(blks) == 0 or not readers:
+            return
+        if self._rpool is None:
+            self._rpool = ThreadPoolExecutor(max_workers=max(2, len(self.slots)),
+                                             thread_name_prefix="prefetch")
+        pb = PREFETCH_PIECE_BLOCKS
+        bs = self.block_size
+        for k in np.unique(blks // np.uint64(pb)).tolist():
+            lo, hi = k * pb, min((k + 1) * pb, self.nblocks)
+            with self._pieces_lock:
+                if k in self._pieces:
+                    continue
+                buf = self._spare.pop() if self._spare else bytearray(pb * bs)
+                slot = readers[(k + self.read_shift) % len(readers)]
+                fut: Future[bool] = Future()
+                self._pieces[k] = _Piece(lo, hi, slot, buf, fut)
+                while len(self._pieces) > PREFETCH_MAX_PIECES:
+                    del self._pieces[next(iter(self._pieces))]
+            self._fetched += 1
+            self._rpool.submit(self._fetch, slot, lo, hi, buf, fut)
+
+    def _fetch(self, slot: PlexSlot, lo: int, hi: int, buf: bytearray,
+               fut: Future[bool]) -> None:
+        """One piece, in a read-ahead thread; a failed read only makes the piece unusable."""
+        bs = self.block_size
+        try:
+            slot.plex.readinto(lo * bs, memoryview(buf)[: (hi - lo) * bs])
+            ok = True
+        except PlexIOError:
+            ok = False  # the reader meets the error again on its own read, and handles it
+        except BaseException as e:  # a bug: let whoever waits on the piece see it
+            fut.set_exception(e)
+            raise
+        fut.set_result(ok)
+
+    def _from_pieces(self, b0: int, n: int, dest: memoryview, slot: PlexSlot
+                     ) -> list[tuple[int, int, PlexSlot, bool]]:
+        """Blocks [b0, b0 + n) from the pieces that hold them, into ``dest``.
+
+        Returns (start, end, plex, copied) parts covering [0, n) in order: a
+        part copied from a piece, or one still to read from ``plex``: the
+        piece's own plex when its read failed (so the reader meets that
+        plex's error itself), ``slot`` where no piece holds the blocks.
+        Waits for a piece still in flight (its reader is ahead of this one).
+        A piece this read finishes is dropped and its buffer kept for reuse.
+        """
+        bs = self.block_size
+        pb = PREFETCH_PIECE_BLOCKS
+        got: list[tuple[int, int, PlexSlot, bool]] = []
+        at = 0
+        for k in range(b0 // pb, (b0 + n - 1) // pb + 1):
+            with self._pieces_lock:
+                piece = self._pieces.get(k)
+            if piece is None:
+                continue
+            a, b = max(b0, piece.lo) - b0, min(b0 + n, piece.hi) - b0
+            if a >= b:
+                continue
+            if a > at:
+                got.append((at, a, slot, False))
+            at = b
+            if not piece.fut.result():
+                got.append((a, b, piece.slot, False))
+                continue
+            dest[a * bs : b * bs] = memoryview(piece.buf)[
+                (a + b0 - piece.lo) * bs : (b + b0 - piece.lo) * bs]
+            got.append((a, b, piece.slot, True))
+            self._fetch_used += b - a
+            if b + b0 == piece.hi:
+                with self._pieces_lock:
+                    if self._pieces.get(k) is piece:
+                        del self._pieces[k]
+                        if len(self._spare) < PREFETCH_MAX_PIECES // 4:
+                            self._spare.append(piece.buf)
+        if at < n:
+            got.append((at, n, slot, False))
+        return got
+
+    def _refetch(self, slot: PlexSlot, blk: int, dest: memoryview, want: npt.NDArray[np.uint64]
+                 ) -> bool:
+        """A block from a piece of ``slot`` failed its checksum: read it again; True if good.
+
+        A piece is a guess made before the read: its block may have been freed
+        and written since. Only the plex's own bytes can count as damage, and
+        they are read from the plex that gave the piece, so damage on it is
+        charged and repaired there.
+        """
+        self.drop_prefetched(blk, blk + 1)
+        try:
+            slot.plex.readinto(blk * self.block_size, dest)
+        except PlexIOError:
+            return False  # left for the ordinary path: failover and repair
+        if bool(np.all(checksums([dest])[0] == want)):
+            self._fetch_stale += 1
+            return True
+        return False
+
+    def drop_prefetched(self, lo: int = 0, hi: int | None = None) -> None:
+        """Forget pieces overlapping blocks [lo, hi) (all by default)."""
+        if not self._pieces:
+            return
+        pb = PREFETCH_PIECE_BLOCKS
+        with self._pieces_lock:
+            if hi is None:
+                self._pieces.clear()
+                return
+            for k in [k for k in self._pieces if k * pb < hi and (k + 1) * pb > lo]:
+                del self._pieces[k]
+
     # -- writes -------------------------------------------------------------
 
     def write_blocks(self, blks: npt.NDArray[np.uint64], bufs: Sequence[Buffer]) -> None:
@@ -308,6 +492,8 @@ class MirrorSet:
             order = np.argsort(blks, kind="stable")
             blks, bufs = blks[order], [bufs[i] for i in order.tolist()]
         bs = self.block_size
+        if self._pieces:
+            self.drop_prefetched(int(blks[0]), int(blks[-1]) + 1)
         plan = [(int(blks[s]) * bs, bufs[s:e]) for s, e in runs(blks, WRITE_RUN_BLOCKS)]
         nbytes = len(blks) * bs
 
@@ -418,6 +604,7 @@ class MirrorSet:
         self._resize_pool()
 
     def _resize_pool(self) -> None:
+        self.drop_prefetched()
         old = self._pool
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.slots)),
                                         thread_name_prefix="plex")
@@ -431,9 +618,13 @@ class MirrorSet:
 
     def statistics(self) -> MirrorStats:
         return MirrorStats(self._reads, self._read_bytes, self._writes, self._write_bytes,
-                           sum(s.repaired for s in self.slots), sum(s.errors for s in self.slots))
+                           sum(s.repaired for s in self.slots), sum(s.errors for s in self.slots),
+                           self._fetched, self._fetch_used, self._fetch_stale)
 
     def close(self) -> None:
+        if self._rpool is not None:
+            self._rpool.shutdown(wait=True)  # no read-ahead outlives the plexes
+        self.drop_prefetched()
         self._pool.shutdown(wait=True)
         for s in self.slots:
             s.plex.close()

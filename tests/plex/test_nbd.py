@@ -6,12 +6,9 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,63 +21,13 @@ if shutil.which("nbdkit") is None:
 from mirrorfs.errors import PlexError, PlexIOError  # noqa: E402
 from mirrorfs.plex import Buffer, Plex, _nbd, open_plex  # noqa: E402
 from mirrorfs.plex._nbd import MAX_REQUEST, NbdPlex, parse_nbd_spec  # noqa: E402
+from mirrorfs.testing import NbdkitServer, free_port  # noqa: E402
 
 MiB = 1024 * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-
-    @property
-    def spec(self) -> str:
-        return f"nbd://127.0.0.1:{self.port}/"
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # in case a test stopped it
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
+Server = NbdkitServer
 Start = Callable[..., Server]
-
-
-@pytest.fixture
-def nbdkit(tmp_path: Path) -> Iterator[Start]:
-    """Start nbdkit servers on loopback: ``nbdkit(*args)``; all are killed at the end."""
-    servers: list[Server] = []
-
-    def start(*args: str) -> Server:
-        port = free_port()
-        pidfile = tmp_path / f"nbdkit-{port}.pid"
-        log = open(tmp_path / f"nbdkit-{port}.log", "wb")  # noqa: SIM115
-        cmd = ["nbdkit", "--exit-with-parent", "-f", "-i", "127.0.0.1", "-p", str(port)]
-        cmd += ["-P", str(pidfile), *args]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        server = Server(proc, port)
-        servers.append(server)
-        deadline = time.monotonic() + 15
-        while not pidfile.exists():  # nbdkit writes it once it listens
-            if proc.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                out = (tmp_path / f"nbdkit-{port}.log").read_text(errors="replace")
-                pytest.fail(f"nbdkit {' '.join(args)} did not start: {out}")
-            time.sleep(0.02)
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
 
 
 @pytest.fixture

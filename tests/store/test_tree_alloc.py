@@ -71,6 +71,11 @@ class MemSource:
     def cache_node(self, blk: int, node: PtrArray) -> None:
         pass
 
+    reads_ahead = False  # every block is in memory already
+
+    def prefetch(self, ptrs: PtrArray) -> None:
+        pass
+
 
 class Harness:
     """One tree, its allocator and its model, committed CP by CP."""

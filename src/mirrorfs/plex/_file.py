@@ -82,6 +82,8 @@ _sync_file_range = _load_sync_file_range()
 class FilePlex:
     """A plex on a regular file (an image, created sparse) or a block device."""
 
+    read_ahead = False  # the kernel's read-ahead serves it (``Plex.read_ahead``)
+
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.spec = path
         self.read_only = read_only

@@ -77,6 +77,8 @@ def _why(e: Exception) -> str:
 class NbdPlex:
     """A plex on an NBD export, reached over TCP."""
 
+    read_ahead = True  # no cache below us: the mirror reads ahead (``Plex.read_ahead``)
+
     def __init__(self, spec: str, *, read_only: bool = False) -> None:
         self.spec = spec
         self.read_only = read_only

@@ -109,6 +109,7 @@ class ObjectView:
             return 0
         bs = self.block_size
         tree = self.tree(ino)
+        tree.read_ahead(offset // bs, -(-end // bs), -(-ind.size // bs))
         fa, fb, edges = split_blocks(offset, end, bs)
         if fa < fb:
             tree.read_leaves_into(fa, fb, buf[fa * bs - offset : fb * bs - offset])

@@ -121,6 +121,18 @@ class MirrorSource:
         if len(rest):
             self.mirror.read_into(ptrs[rest], out, pos[rest], what)
 
+    @property
+    def reads_ahead(self) -> bool:
+        return self.mirror.reads_ahead
+
+    def prefetch(self, ptrs: PtrArray) -> None:
+        """Have the mirror read these blocks ahead, except those of the CP in flight."""
+        hit, _, _ = self._pending(ptrs)
+        blks = np.asarray(ptrs["blk"], dtype=np.uint64)
+        if len(hit):
+            blks = np.delete(blks, hit)
+        self.mirror.prefetch(np.unique(blks))
+
     def cache_node(self, ptr: bytes, node: PtrArray) -> None:
         """Remember a node just written, under the pointer its parent holds."""
         frozen = node.copy()

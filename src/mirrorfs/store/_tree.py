@@ -35,6 +35,8 @@ from ..ondisk._ptr import checksums
 from ..plex import Buffer
 
 NODE_READAHEAD = 32  # extra sibling nodes fetched with the ones a read needs
+READ_AHEAD_MIN = 1 << 20  # bytes fetched ahead once a read continues the one before it
+READ_AHEAD_MAX = 16 << 20  # most bytes fetched ahead of a sequential reader
 DEFERRED = bytes(1)  # a dirty leaf whose bytes are given at seal time (the plane), by identity
 _CLEAN = object()
 Leaf = bytes | bytearray | memoryview | None
@@ -56,6 +58,11 @@ class BlockSource(Protocol):
 
     def cache_node(self, ptr: bytes, node: PtrArray) -> None: ...
 
+    @property
+    def reads_ahead(self) -> bool: ...
+
+    def prefetch(self, ptrs: PtrArray) -> None: ...
+
 
 class Space(Protocol):
     def allocate(self, n: int) -> npt.NDArray[np.uint64]: ...
@@ -66,8 +73,8 @@ class Space(Protocol):
 class Tree:
     """One object's block tree, with the dirty leaves of the CP being built."""
 
-    __slots__ = ("_base", "_cp_leaves", "_cp_nodes", "_cp_placed", "_leaf_placed", "dirty",
-                 "fanout", "height", "leaf_delta", "root", "src", "what")
+    __slots__ = ("_base", "_cp_leaves", "_cp_nodes", "_cp_placed", "_leaf_placed", "_ra",
+                 "dirty", "fanout", "height", "leaf_delta", "root", "src", "what")
 
     def __init__(self, src: BlockSource, root: PtrArray, height: int, what: str) -> None:
         self.src = src
@@ -82,6 +89,7 @@ class Tree:
         self._leaf_placed: set[int] = set()  # leaves placed this CP
         self._cp_leaves: dict[int, Leaf] = {}
         self._base: tuple[PtrArray, int] | None = None  # committed root and height, during a CP
+        self._ra = (-2, 0, 0)  # read-ahead: next leaf expected, leaves fetched up to, window
 
     # -- reading ------------------------------------------------------------
 
@@ -148,6 +156,41 @@ class Tree:
             return
         for i in nz.tolist():
             self._walk_nonnull(node[i], level - 1, first + i * span, a, b, found)
+
+    def read_ahead(self, a: int, b: int, limit: int) -> None:
+        """Leaves [a, b) are about to be read: if that continues a stream, fetch what follows.
+
+        A read that starts where the last one ended (or in its last leaf, for
+        reads that do not end on a leaf) continues a stream (a first read,
+        even at 0, does not: reading a file's head says little); the window ahead
+        doubles with each such read, from READ_AHEAD_MIN to READ_AHEAD_MAX,
+        never past leaf ``limit`` (the object's end). The next part is asked
+        for once half the window is used, so the plexes work while the reader
+        does: the mirror reads it in the background (``MirrorSet.prefetch``).
+        Any other read starts over.
+        """
+        nxt, until, win = self._ra
+        if a not in (nxt, nxt - 1) or not self.src.reads_ahead:
+            self._ra = (b, b, 0)
+            return
+        bs = self.src.block_size
+        win = min(max(2 * win, 2 * (b - a), READ_AHEAD_MIN // bs), READ_AHEAD_MAX // bs)
+        until = max(until, b)
+        end = min(b + win, limit)
+        if end > until and until - b < win // 2:
+            try:
+                ptrs = self.leaf_ptrs(until, end)
+            except CorruptBlock:
+                ptrs = null_ptrs(0)  # a bad node is for whoever reads under it to meet
+            keep = ptrs["blk"] != 0
+            if self.dirty:
+                for lb in self.dirty:
+                    if until <= lb < end:
+                        keep[lb - until] = False
+            if keep.any():
+                self.src.prefetch(ptrs[keep])
+            until = end
+        self._ra = (b, until, win)
 
     def read_leaves_into(self, a: int, b: int, out: memoryview) -> None:
         """Leaves [a, b) into ``out`` ((b - a) blocks): dirty bytes, committed ones, zeros."""

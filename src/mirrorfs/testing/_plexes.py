@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 from collections.abc import Sequence
 
 from ..errors import PlexIOError
@@ -35,23 +36,27 @@ class CountingPlex:
     only what it should and writes nothing (tests of examine and plan).
     """
 
-    def __init__(self, inner: Plex) -> None:
+    def __init__(self, inner: Plex, read_ahead: bool | None = None) -> None:
         self.inner = inner
         self.spec = inner.spec
+        self.read_ahead = inner.read_ahead if read_ahead is None else read_ahead
         self.read_bytes = 0
         self.writes = 0
         self.flushes = 0
+        self._count = threading.Lock()  # read-ahead threads read at once
 
     @property
     def size(self) -> int:
         return self.inner.size
 
     def read(self, offset: int, length: int) -> bytes:
-        self.read_bytes += length
+        with self._count:
+            self.read_bytes += length
         return self.inner.read(offset, length)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
-        self.read_bytes += len(buf)
+        with self._count:
+            self.read_bytes += len(buf)
         self.inner.readinto(offset, buf)
 
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
@@ -76,6 +81,7 @@ class RecordingPlex:
 
     def __init__(self, inner: Plex) -> None:
         self.inner = inner
+        self.read_ahead = inner.read_ahead
         self.spec = inner.spec
         self.ops: list[Op] = []
         self.recording = True
@@ -126,9 +132,10 @@ def apply_ops(image: bytearray, ops: Sequence[Op], torn_last: int | None = None)
 class FaultyPlex:
     """A plex that fails on demand: I/O errors, a vanished device, silent bit flips."""
 
-    def __init__(self, inner: Plex, seed: int = 0) -> None:
+    def __init__(self, inner: Plex, seed: int = 0, read_ahead: bool | None = None) -> None:
         self.inner = inner
         self.spec = inner.spec
+        self.read_ahead = inner.read_ahead if read_ahead is None else read_ahead
         self.fail_reads = False
         self.fail_writes = False
         self.fail_flush = False
