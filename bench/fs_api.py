@@ -21,9 +21,12 @@ small_files
 snapshots
     With 1 GiB and then 8 GiB of data on the volume: the median time of
     several ``vol.snapshot`` calls (a 1 MiB change and a commit before each,
-    untimed), then of as many ``vol.delete_snapshot`` calls. Targets: create
-    < 50 ms at the small size and at most 1.5x that at the large size; the
-    delete is held to the same targets (the brief names none for it).
+    untimed), then of as many ``vol.delete_snapshot`` calls. Targets (issue
+    2): create < 50 ms at the small size and at most 1.5x that at the large
+    size. Delete has no target and is reported in ``snapshot_delete``: it is
+    not O(1), since it commits and then rebuilds the union of the remaining
+    snapshots' planes, a cost that grows with the data they map (the first
+    of seven deletes at 8 GiB took 10-22 ms, the last 1.5 ms).
 
 Reading the output. stdout is one JSON document (also written to
 ``bench/results/fs_api.json``): ``machine`` (nproc, python, disk free, date,
@@ -265,15 +268,20 @@ def _targets(res: dict[str, Any], files_target_s: float, quick: bool) -> dict[st
         s = res["snapshots"]
         sizes = f"{s['small_bytes'] >> 20} MiB and {s['large_bytes'] >> 20} MiB"
         note = f"quick sizes: {sizes}" if quick else ""
-        for op in ("create", "delete"):
-            lo = s["small"][f"{op}_median_ms"]
-            hi = s["large"][f"{op}_median_ms"]
-            extra = "" if op == "create" else "the create targets, assumed for delete"
-            joined = "; ".join(x for x in (note, extra) if x)
-            out[f"snapshot_{op}_small_ms"] = target(lo, "<", SNAP_CREATE_MS, "ms", joined)
-            out[f"snapshot_{op}_scale"] = target(hi / lo if lo > 0 else float("inf"), "<=",
-                                                 SNAP_SCALE, "x small", joined)
+        lo = s["small"]["create_median_ms"]
+        hi = s["large"]["create_median_ms"]
+        out["snapshot_create_small_ms"] = target(lo, "<", SNAP_CREATE_MS, "ms", note)
+        out["snapshot_create_scale"] = target(hi / lo if lo > 0 else float("inf"), "<=",
+                                              SNAP_SCALE, "x small", note)
     return out
+
+
+def _delete_figures(s: dict[str, Any]) -> dict[str, Any]:
+    """Snapshot delete medians and their growth with the data: figures, not targets."""
+    lo = s["small"]["delete_median_ms"]
+    hi = s["large"]["delete_median_ms"]
+    return {"small_median_ms": lo, "large_median_ms": hi,
+            "scale": round(hi / lo, 4) if lo > 0 else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                                          pattern, prof)
         doc.update(res)
         doc["targets"] = _targets(res, files_target_s, args.quick)
+        if "snapshots" in res:
+            doc["snapshot_delete"] = _delete_figures(res["snapshots"])
         doc["all_hold"] = all(t["holds"] for t in doc["targets"].values())
         doc["elapsed_s"] = round(time.perf_counter() - t_all, 1)
         doc["machine"]["loadavg_end"] = loadavg()
