@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 # Debian packages the build, the tests and the benchmarks need.
 SYSTEM_PKGS := fuse3 libfuse3-dev pkg-config nbdkit python3-venv python3-dev \
-	python3-libnbd rsync btrfs-progs e2fsprogs sqlite3 git tar
+	python3-libnbd libnbd-bin rsync btrfs-progs e2fsprogs sqlite3 git tar
 # Installed along with the others when the archive has them; never required.
 OPTIONAL_PKGS :=
 

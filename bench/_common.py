@@ -158,6 +158,18 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def proc_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process (all its threads), or None if it is gone."""
+    if pid is None:
+        return None
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rsplit(")", 1)[1].split()  # after "pid (comm)": utime, stime are 11, 12
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def warn_if_busy() -> None:
     load, n = os.getloadavg()[0], os.cpu_count() or 1
     if load > 0.5 * n:

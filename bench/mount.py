@@ -118,6 +118,7 @@ from _common import (
     log,
     machine_info,
     median,
+    proc_cpu_s,
     scratch_dir,
     source_state,
     target,
@@ -230,18 +231,6 @@ def durable(mnt: Path, top: Path) -> None:
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process (all its threads), or None."""
-    if pid is None:
-        return None
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def cpu_counters() -> tuple[int, int]:
