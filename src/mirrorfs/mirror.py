@@ -153,9 +153,11 @@ def spans(blks: npt.NDArray[np.uint64], pos: npt.NDArray[np.int64],
           limit: int = MAX_RUN_BLOCKS) -> list[tuple[int, int]]:
     """(start, end) index runs where both the blocks and their buffer positions ascend by one."""
     n = len(blks)
-    if n == 0:
-        return []
-    brk = (np.diff(blks.astype(np.int64)) != 1) | (np.diff(pos) != 1)
+    if n < 2:
+        return [(0, n)] if n else []
+    brk = (np.diff(blks) != 1) | (np.diff(pos) != 1)  # a step down wraps: != 1 too
+    if not brk.any():  # the common case: one run (a sequential read)
+        return [(a, min(n, a + limit)) for a in range(0, n, limit)]
     bounds = np.concatenate(([0], np.flatnonzero(brk) + 1, [n])).tolist()
     out: list[tuple[int, int]] = []
     for s, e in itertools.pairwise(bounds):
@@ -315,8 +317,9 @@ class MirrorSet:
                 self._reads += 1
                 self._read_bytes += (b - a) * bs
             blocks = [dest[i * bs : (i + 1) * bs] for i in range(e - s)]
-            ok = np.all(checksums(blocks) == cks[s:e], axis=1)
-            if not ok.all():
+            got = checksums(blocks)
+            if got.tobytes() != cks[s:e].tobytes():  # one compare when all is well
+                ok = np.all(got == cks[s:e], axis=1)
                 for i in np.flatnonzero(~ok).tolist():
                     if any(a <= i < b for a, b in failed):
                         continue  # already counted bad

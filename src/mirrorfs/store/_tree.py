@@ -35,6 +35,7 @@ from ..ondisk._ptr import checksums
 from ..plex import Buffer
 
 NODE_READAHEAD = 32  # extra sibling nodes fetched with the ones a read needs
+L1_KEEP = 64  # most level-1 nodes a tree keeps from its last walk (32 MiB of leaves)
 READ_AHEAD_MIN = 1 << 20  # bytes fetched ahead once a read continues the one before it
 READ_AHEAD_MAX = 16 << 20  # most bytes fetched ahead of a sequential reader
 DEFERRED = bytes(1)  # a dirty leaf whose bytes are given at seal time (the plane), by identity
@@ -73,8 +74,8 @@ class Space(Protocol):
 class Tree:
     """One object's block tree, with the dirty leaves of the CP being built."""
 
-    __slots__ = ("_base", "_cp_leaves", "_cp_nodes", "_cp_placed", "_leaf_placed", "_ra",
-                 "dirty", "fanout", "height", "leaf_delta", "root", "src", "what")
+    __slots__ = ("_base", "_cp_leaves", "_cp_nodes", "_cp_placed", "_l1", "_leaf_placed",
+                 "_ra", "dirty", "fanout", "height", "leaf_delta", "root", "src", "what")
 
     def __init__(self, src: BlockSource, root: PtrArray, height: int, what: str) -> None:
         self.src = src
@@ -90,6 +91,8 @@ class Tree:
         self._cp_leaves: dict[int, Leaf] = {}
         self._base: tuple[PtrArray, int] | None = None  # committed root and height, during a CP
         self._ra = (-2, 0, 0)  # read-ahead: next leaf expected, leaves fetched up to, window
+        # level-1 nodes met by the last walk, by index, and the root they hang from
+        self._l1: tuple[bytes, dict[int, PtrArray]] = (b"", {})
 
     # -- reading ------------------------------------------------------------
 
@@ -101,7 +104,14 @@ class Tree:
         return self.src.read_nodes(ptr.reshape(1), self.what)[0]
 
     def leaf_ptrs(self, a: int, b: int) -> PtrArray:
-        """Committed pointers of leaves [a, b) (null for holes), vectorized per node."""
+        """Committed pointers of leaves [a, b) (null for holes), vectorized per node.
+
+        The level-1 nodes the last walk met are kept with the root they hang
+        from: a read that continues the last one (four FUSE reads share a
+        node) takes its pointers from them without a walk. Equal root bytes
+        mean an equal tree (the root holds the checksum of all below), so no
+        other invalidation is needed.
+        """
         out = null_ptrs(max(0, b - a))
         b = min(b, self.capacity())
         if a >= b or self.root["blk"][0] == 0:
@@ -109,17 +119,28 @@ class Tree:
         if self.height == 0:
             out[0] = self.root[0]
             return out
-        self._collect(self._node(self.root), self.height, 0, a, b, out, a)
+        f = self.fanout
+        key = self.root.tobytes()
+        known, nodes = self._l1
+        if known == key and all(i in nodes for i in range(a // f, (b - 1) // f + 1)):
+            for i in range(a // f, (b - 1) // f + 1):
+                lo, hi = max(a, i * f), min(b, (i + 1) * f)
+                out[lo - a : hi - a] = nodes[i][lo - i * f : hi - i * f]
+            return out
+        met: dict[int, PtrArray] = {}
+        self._collect(self._node(self.root), self.height, 0, a, b, out, a, met)
+        self._l1 = (key, met) if len(met) <= L1_KEEP else (b"", {})
         return out
 
     def _collect(self, node: PtrArray, level: int, first: int, a: int, b: int,
-                 out: PtrArray, base: int) -> None:
+                 out: PtrArray, base: int, met: dict[int, PtrArray]) -> None:
         span = self.fanout ** (level - 1)
         lo, hi = max(a, first), min(b, first + span * self.fanout)
         i0 = (lo - first) // span
         i1 = (hi - 1 - first) // span + 1
         if level == 1:
             out[first + i0 - base : first + i1 - base] = node[i0:i1]
+            met[first // self.fanout] = node
             return
         want = np.flatnonzero(node["blk"][i0:i1]) + i0
         if not len(want):
@@ -130,7 +151,7 @@ class Tree:
         ahead = np.flatnonzero(node["blk"][i0 : min(self.fanout, i1 + NODE_READAHEAD)]) + i0
         kids = self.src.read_nodes(node[want], self.what, node[ahead])
         for i, kid in zip(want.tolist(), kids, strict=True):
-            self._collect(kid, level - 1, first + i * span, a, b, out, base)
+            self._collect(kid, level - 1, first + i * span, a, b, out, base, met)
 
     def nonnull_leaves(self, a: int, b: int) -> I64:
         """Indices of committed non-hole leaves in [a, b), skipping hole subtrees."""
@@ -203,10 +224,15 @@ class Tree:
             for lb in near:
                 if a <= lb < b and lb in dirty:
                     present[lb - a] = False
-        want = np.flatnonzero(present)
+        if present.all():  # the common case: every leaf committed, none dirty
+            want = np.arange(b - a, dtype=np.int64)
+            some = ptrs
+        else:
+            want = np.flatnonzero(present)
+            some = ptrs[want]
         if len(want):
             try:
-                self.src.read_leaves_into(ptrs[want], out, want.astype(np.int64), self.what)
+                self.src.read_leaves_into(some, out, want, self.what)
             except CorruptBlock as e:
                 raise self._at_offset(e, ptrs, a) from None
         if len(want) < b - a:
