@@ -246,11 +246,14 @@ def test_a_flush_drops_streamed_writes_from_the_page_cache_and_keeps_small_ones(
         plex.close()
 
 
-def test_a_large_read_leaves_the_page_cache_and_a_small_one_stays(tmp_path: Path) -> None:
-    """Reads of READ_STREAM_MIN or more drop their range once read (streaming reads
-    recycle pages); smaller ones (nodes, small files) stay cached."""
+def test_large_reads_leave_the_page_cache_and_small_ones_stay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of reads of READ_STREAM_MIN or more is dropped once read, a batch of
+    READ_DROP_BYTES at a time or when a read leaves the run (streaming reads recycle
+    pages); smaller reads (nodes, small files) stay cached."""
+    monkeypatch.setattr(_file, "READ_DROP_BYTES", 2 * MiB)
     rng = np.random.default_rng(7)
-    data = rng.bytes(4 * MiB)
+    data = rng.bytes(12 * MiB)
     path = tmp_path / "read.img"
     with path.open("wb") as f:  # on the disk and out of the cache: the reads bring it in
         f.write(data)
@@ -259,13 +262,25 @@ def test_a_large_read_leaves_the_page_cache_and_a_small_one_stays(tmp_path: Path
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     assert _resident(path, 0, len(data)) == 0
     plex = FilePlex(str(path))
+    big = _file.READ_STREAM_MIN * 4  # 512 KiB
+
+    def read(offset: int, length: int) -> None:
+        buf = bytearray(length)
+        plex.readinto(offset, memoryview(buf))
+        assert bytes(buf) == data[offset : offset + length]
+
     try:
-        small = bytearray(8192)
-        plex.readinto(0, memoryview(small))
-        big = bytearray(_file.READ_STREAM_MIN * 8)
-        plex.readinto(MiB, memoryview(big))
-        assert bytes(small) == data[:8192] and bytes(big) == data[MiB : MiB + len(big)]
+        read(0, 8192)
+        read(MiB, big)  # a run starts: kept until the batch is full
+        assert _resident(path, MiB, big) == big // 4096
+        read(MiB + big, big)
+        read(MiB + 2 * big, big)
+        read(MiB + 3 * big, big)  # 2 MiB read in the run: one batch, dropped
+        assert _resident(path, MiB, 2 * MiB) == 0
+        read(MiB + 4 * big, big)  # the next batch begins
+        assert _resident(path, 3 * MiB, big) == big // 4096
+        read(8 * MiB, big)  # a read elsewhere ends the run: its rest is dropped
+        assert _resident(path, 3 * MiB, big) == 0
         assert _resident(path, 0, 8192) == 2
-        assert _resident(path, MiB, len(big)) == 0
     finally:
         plex.close()
