@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 nbd = pytest.importorskip("nbd", reason="this machine lacks python3-libnbd (module nbd)")
 if shutil.which("nbdkit") is None:
@@ -251,3 +253,15 @@ def test_threads_share_one_plex(memory: Server) -> None:
         t.join()
     plex.close()
     assert errors == []
+
+
+@given(st.lists(st.integers(min_value=0, max_value=5000), max_size=40),
+       st.integers(min_value=1, max_value=9000), st.sampled_from([bytes, bytearray, memoryview]))
+def test_requests_cut_any_buffers_into_full_requests(sizes: list[int], limit: int,
+                                                     kind: type) -> None:
+    """Requests hold the buffers' bytes in order, each of ``limit`` bytes but the last."""
+    bufs = [kind(pattern(n, seed=i)) for i, n in enumerate(sizes)]
+    reqs = _nbd._requests(bufs, limit)
+    assert b"".join(bytes(r) for r in reqs) == b"".join(bytes(b) for b in bufs)
+    assert all(len(r) == limit for r in reqs[:-1])
+    assert all(0 < len(r) <= limit for r in reqs)

@@ -246,23 +246,41 @@ def _requests(bufs: Sequence[Buffer], limit: int) -> list[memoryview]:
     """The bytes of ``bufs`` cut into requests of at most ``limit`` bytes.
 
     A piece lying inside one buffer is a view of it (no copy); a request that
-    spans buffers is joined into one new bytes object.
+    spans buffers is joined into one new bytes object. Whole buffers are
+    grouped by their lengths alone, so a CP's thousands of blocks cost one
+    ``len`` each, not a view each; only a buffer that straddles a request
+    boundary is cut.
     """
     out: list[memoryview] = []
-    parts: list[memoryview] = []
+    group: list[Buffer] = []
     size = 0
+
+    def close() -> None:
+        nonlocal group, size
+        if group:
+            out.append(memoryview(group[0]).cast("B") if len(group) == 1
+                       else memoryview(b"".join(group)))
+        group, size = [], 0
+
     for b in bufs:
-        mv = memoryview(b).cast("B")
+        n = memoryview(b).nbytes if not isinstance(b, bytes | bytearray) else len(b)
+        if n == 0:
+            continue
+        if size + n <= limit:
+            group.append(b)
+            size += n
+            if size == limit:
+                close()
+            continue
+        mv = memoryview(b).cast("B")  # straddles: cut it
         while mv:
             take = mv[: limit - size]
-            parts.append(take)
+            group.append(take)
             size += len(take)
             mv = mv[len(take) :]
             if size == limit:
-                out.append(parts[0] if len(parts) == 1 else memoryview(b"".join(parts)))
-                parts, size = [], 0
-    if parts:
-        out.append(parts[0] if len(parts) == 1 else memoryview(b"".join(parts)))
+                close()
+    close()
     return out
 
 
