@@ -5,10 +5,12 @@ gets matches the checksum its parent pointer holds; a plex that fails a write
 or a flush leaves the set of writable plexes at once, and the volume goes on
 while at least ``min_plexes`` remain.
 
-Reads. A read goes to one in-sync plex, chosen by the region of the volume
-the blocks lie in (READ_REGION_BLOCKS): a sequential read stays on one plex
-long enough for that plex's read-ahead to work, and different regions (files
-placed apart, concurrent readers) spread over the plexes. A checksum
+Reads. A read goes to one in-sync plex: for a read that continues a stream
+(the caller names the stream), the plex that served the stream so far, so a
+stream keeps one plex's read-ahead going wherever its blocks lie; for any
+other, the plex of the region of the volume the blocks lie in
+(READ_REGION_BLOCKS), so different files and readers spread over the plexes.
+A checksum
 mismatch or an I/O error retries the block on the next in-sync plex and, on
 success, rewrites the good bytes onto the plex that failed. Reads land
 directly in the caller's buffer (``read_into``): no allocation per block or
@@ -59,6 +61,7 @@ MAX_RUN_BLOCKS = 1024  # longest run read in one call, or copied by resync (4 Mi
 WRITE_RUN_BLOCKS = 16384
 CHECK_BATCH = 4096  # blocks verified at once per plex by check() (16 MiB at 4 KiB blocks)
 READ_REGION_BLOCKS = 16384  # blocks read from one plex before the next region's (64 MiB)
+STREAMS_KEPT = 1024  # most streams whose plex is remembered (oldest forgotten first)
 PREFETCH_PIECE_BLOCKS = 256  # blocks per read-ahead read, and per plex in turn (1 MiB)
 PREFETCH_MAX_PIECES = 64  # most read-ahead pieces held or in flight (64 MiB at 4 KiB)
 
@@ -193,6 +196,7 @@ class MirrorSet:
         self._spare: list[bytearray] = []  # piece buffers to reuse
         self._fetched = self._fetch_used = self._fetch_stale = 0
         self._rpool: ThreadPoolExecutor | None = None  # made on the first prefetch
+        self._streams: dict[int, PlexSlot] = {}  # the plex each stream (a number) reads from
 
     # -- membership ---------------------------------------------------------
 
@@ -251,9 +255,29 @@ class MirrorSet:
         self._read_bytes += len(data)
         return data
 
-    def reader_for(self, blk: int, readers: Sequence[PlexSlot]) -> PlexSlot:
-        """The plex that serves block ``blk`` first: one per region, in turn."""
-        return readers[(blk // READ_REGION_BLOCKS + self.read_shift) % len(readers)]
+    def reader_for(self, blk: int, readers: Sequence[PlexSlot], stream: int | None = None
+                   ) -> PlexSlot:
+        """The plex that serves block ``blk`` first.
+
+        A read of ``stream`` (a number naming a run of reads that continue
+        each other) stays on the plex that served its first read, whatever
+        the blocks' addresses: the kernel's read-ahead of that image keeps
+        going, where switching plexes at each region started a new one and
+        made a 2-plex cold read 0.86 of a 1-plex one (two streams from one
+        disk are no faster than one here: dd of two halves at once took as
+        long as one dd of the whole). Any other read goes to the plex of its
+        region, in turn, so different files and readers spread over plexes.
+        """
+        if stream is not None:
+            slot = self._streams.get(stream)
+            if slot is not None and slot in readers:
+                return slot
+        slot = readers[(blk // READ_REGION_BLOCKS + self.read_shift) % len(readers)]
+        if stream is not None:
+            self._streams[stream] = slot
+            if len(self._streams) > STREAMS_KEPT:
+                self._streams.pop(next(iter(self._streams)), None)
+        return slot
 
     def read_verified(self, ptrs: PtrArray, what: str = "") -> list[bytes | memoryview]:
         """The blocks ``ptrs`` point at, each checked against its pointer's checksum.
@@ -276,11 +300,12 @@ class MirrorSet:
         return out
 
     def read_into(self, ptrs: PtrArray, out: memoryview, pos: npt.NDArray[np.int64],
-                  what: str = "") -> None:
+                  what: str = "", stream: int | None = None) -> None:
         """Block ``ptrs[i]``, verified, into ``out`` at block position ``pos[i]``.
 
         Runs adjacent both on the volume and in ``out`` are one read straight
-        into ``out``. Errors as ``read_verified``.
+        into ``out``. ``stream`` numbers the run of reads this one belongs
+        to (``reader_for``). Errors as ``read_verified``.
         """
         n = len(ptrs)
         if n == 0:
@@ -296,7 +321,7 @@ class MirrorSet:
         cks = np.asarray(ptrs["ck"]).reshape(-1, 2)
         bad: list[tuple[int, PlexSlot]] = []
         for s, e in spans(blks, pos):
-            slot = self.reader_for(int(blks[s]), readers)
+            slot = self.reader_for(int(blks[s]), readers, stream)
             b0 = int(blks[s])
             p = int(pos[s])
             dest = out[p * bs : (p + e - s) * bs]

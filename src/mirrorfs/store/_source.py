@@ -108,10 +108,10 @@ class MirrorSource:
         return out
 
     def read_leaves_into(self, ptrs: PtrArray, out: memoryview, pos: npt.NDArray[np.int64],
-                         what: str) -> None:
+                         what: str, stream: int | None = None) -> None:
         hit, at, pdata = self._pending(ptrs)
         if len(hit) == 0:
-            self.mirror.read_into(ptrs, out, pos, what)
+            self.mirror.read_into(ptrs, out, pos, what, stream)
             return
         bs = self.block_size
         for i, j in zip(hit.tolist(), at.tolist(), strict=True):
@@ -119,7 +119,7 @@ class MirrorSource:
             out[p * bs : (p + 1) * bs] = pdata[j]
         rest = np.setdiff1d(np.arange(len(ptrs)), hit)
         if len(rest):
-            self.mirror.read_into(ptrs[rest], out, pos[rest], what)
+            self.mirror.read_into(ptrs[rest], out, pos[rest], what, stream)
 
     @property
     def reads_ahead(self) -> bool:

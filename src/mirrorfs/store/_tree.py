@@ -40,6 +40,7 @@ READ_AHEAD_MIN = 1 << 20  # bytes fetched ahead once a read continues the one be
 READ_AHEAD_MAX = 16 << 20  # most bytes fetched ahead of a sequential reader
 DEFERRED = bytes(1)  # a dirty leaf whose bytes are given at seal time (the plane), by identity
 _CLEAN = object()
+_STREAMS = itertools.count(1)  # stream numbers, unique in the process
 Leaf = bytes | bytearray | memoryview | None
 I64 = npt.NDArray[np.int64]
 
@@ -55,7 +56,7 @@ class BlockSource(Protocol):
     def read_leaves(self, ptrs: PtrArray, what: str) -> list[bytes | memoryview]: ...
 
     def read_leaves_into(self, ptrs: PtrArray, out: memoryview, pos: npt.NDArray[np.int64],
-                         what: str) -> None: ...
+                         what: str, stream: int | None = None) -> None: ...
 
     def cache_node(self, ptr: bytes, node: PtrArray) -> None: ...
 
@@ -75,7 +76,8 @@ class Tree:
     """One object's block tree, with the dirty leaves of the CP being built."""
 
     __slots__ = ("_base", "_cp_leaves", "_cp_nodes", "_cp_placed", "_l1", "_leaf_placed",
-                 "_ra", "dirty", "fanout", "height", "leaf_delta", "root", "src", "what")
+                 "_ra", "_stream", "dirty", "fanout", "height", "leaf_delta", "root", "src",
+                 "what")
 
     def __init__(self, src: BlockSource, root: PtrArray, height: int, what: str) -> None:
         self.src = src
@@ -91,6 +93,7 @@ class Tree:
         self._cp_leaves: dict[int, Leaf] = {}
         self._base: tuple[PtrArray, int] | None = None  # committed root and height, during a CP
         self._ra = (-2, 0, 0)  # read-ahead: next leaf expected, leaves fetched up to, window
+        self._stream = next(_STREAMS)  # the number of the stream of reads now going on
         # level-1 nodes met by the last walk, by index, and the root they hang from
         self._l1: tuple[bytes, dict[int, PtrArray]] = (b"", {})
 
@@ -181,6 +184,10 @@ class Tree:
     def read_ahead(self, a: int, b: int, limit: int) -> None:
         """Leaves [a, b) are about to be read: if that continues a stream, fetch what follows.
 
+        A read that does not continue one starts a new stream (a new number,
+        which ``read_leaves_into`` hands the mirror, so it keeps a stream on
+        one plex).
+
         A read that starts where the last one ended (or in its last leaf, for
         reads that do not end on a leaf) continues a stream (a first read,
         even at 0, does not: reading a file's head says little); the window ahead
@@ -191,7 +198,11 @@ class Tree:
         Any other read starts over.
         """
         nxt, until, win = self._ra
-        if a not in (nxt, nxt - 1) or not self.src.reads_ahead:
+        if a not in (nxt, nxt - 1):
+            self._ra = (b, b, 0)
+            self._stream = next(_STREAMS)
+            return
+        if not self.src.reads_ahead:
             self._ra = (b, b, 0)
             return
         bs = self.src.block_size
@@ -214,7 +225,11 @@ class Tree:
         self._ra = (b, until, win)
 
     def read_leaves_into(self, a: int, b: int, out: memoryview) -> None:
-        """Leaves [a, b) into ``out`` ((b - a) blocks): dirty bytes, committed ones, zeros."""
+        """Leaves [a, b) into ``out`` ((b - a) blocks): dirty bytes, committed ones, zeros.
+
+        The reads are of this tree's current stream (``read_ahead``): the
+        mirror keeps a stream on the plex that served its first read.
+        """
         bs = self.src.block_size
         ptrs = self.leaf_ptrs(a, b)
         present = ptrs["blk"] != 0
@@ -232,7 +247,7 @@ class Tree:
             some = ptrs[want]
         if len(want):
             try:
-                self.src.read_leaves_into(some, out, want, self.what)
+                self.src.read_leaves_into(some, out, want, self.what, self._stream)
             except CorruptBlock as e:
                 raise self._at_offset(e, ptrs, a) from None
         if len(want) < b - a:
