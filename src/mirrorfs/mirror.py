@@ -5,16 +5,15 @@ gets matches the checksum its parent pointer holds; a plex that fails a write
 or a flush leaves the set of writable plexes at once, and the volume goes on
 while at least ``min_plexes`` remain.
 
-Reads. A read goes to one in-sync plex: for a read that continues a stream
-(the caller names the stream), the plex that served the stream so far, so a
-stream keeps one plex's read-ahead going wherever its blocks lie; for any
-other, the plex of the region of the volume the blocks lie in
-(READ_REGION_BLOCKS), so different files and readers spread over the plexes.
-A checksum
-mismatch or an I/O error retries the block on the next in-sync plex and, on
-success, rewrites the good bytes onto the plex that failed. Reads land
-directly in the caller's buffer (``read_into``): no allocation per block or
-per run on the hot path.
+Reads. A read goes to one in-sync plex: for a read of a stream (a run of
+reads that continue each other, numbered by the caller), the plex that
+served the stream's first read, so a stream keeps one plex's read-ahead
+going wherever its blocks lie; for any other, the plex of the region of the
+volume the blocks lie in (READ_REGION_BLOCKS), so different files and
+readers spread over the plexes. A checksum mismatch or an I/O error retries
+the block on the next in-sync plex and, on success, rewrites the good bytes
+onto the plex that failed. Reads land directly in the caller's buffer
+(``read_into``): no allocation per block or per run on the hot path.
 
 Read-ahead. A reader that streams (``store`` detects it) names the blocks it
 will want next with ``prefetch``; they are read in pieces of
@@ -22,14 +21,14 @@ PREFETCH_PIECE_BLOCKS by background threads, the pieces dealt round-robin
 over the in-sync plexes, so independent plexes stream at once and the
 reader's own work overlaps the I/O. Only plexes that ask for it
 (``Plex.read_ahead``: NBD exports, not files, which the kernel reads ahead)
-get pieces. ``read_into`` then copies a block from
-its piece instead of reading it, and verifies it like any other: a piece is
-only a guess of the plex's bytes. A piece that fails its checksum (a block
-rewritten since it was fetched) is read again from the plex before anything
-counts as damage; a piece whose read failed is simply not used, so errors
-take the one ordinary path (failover and repair). Pieces are dropped when
-consumed, when written over, when the plex set changes, and past
-PREFETCH_MAX_PIECES (oldest first).
+get pieces. ``read_into`` then copies a block from its piece instead of
+reading it, and verifies it like any other: a piece is only a guess of the
+plex's bytes. A piece that fails its checksum (a block rewritten since it
+was fetched) is read again from its plex before anything counts as damage;
+for a piece whose read failed, the reader reads the same blocks from that
+plex itself, so errors take the one ordinary path (failover and repair).
+Pieces are dropped when consumed, when written over, when the plex set
+changes, and past PREFETCH_MAX_PIECES (oldest first).
 
 Writes. ``write_blocks`` sorts and coalesces blocks into runs and issues one
 ``writev`` per run per plex; plexes are written in parallel threads (file

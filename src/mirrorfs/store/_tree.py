@@ -155,6 +155,16 @@ class Tree:
         kids = self.src.read_nodes(node[want], self.what, node[ahead])
         for i, kid in zip(want.tolist(), kids, strict=True):
             self._collect(kid, level - 1, first + i * span, a, b, out, base, met)
+        if level == 2 and len(ahead) > len(want):
+            # the level-1 nodes just read ahead are cached now: keep them for the
+            # reads that follow, so they take their pointers without a walk
+            more = np.setdiff1d(ahead, want)
+            try:
+                extra = self.src.read_nodes(node[more], self.what)
+            except CorruptBlock:
+                return  # a bad node is for whoever reads under it to meet
+            for i, kid in zip(more.tolist(), extra, strict=True):
+                met[first // self.fanout + i] = kid
 
     def nonnull_leaves(self, a: int, b: int) -> I64:
         """Indices of committed non-hole leaves in [a, b), skipping hole subtrees."""
