@@ -121,6 +121,15 @@ def source_state() -> dict[str, Any]:
     return out
 
 
+def meminfo_bytes(key: str) -> int:
+    """A /proc/meminfo figure (``MemTotal``, ``MemAvailable``...) in bytes; 0 if unknown."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def machine_info(where: Path) -> dict[str, Any]:
     """What the figures were measured on."""
     du = shutil.disk_usage(where)
@@ -130,12 +139,7 @@ def machine_info(where: Path) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    mem = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-                break
+    mem = meminfo_bytes("MemTotal")
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "hostname": platform.node(),
@@ -198,12 +202,7 @@ def warm_memory() -> dict[str, Any]:
     """
     import mmap
 
-    avail = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-                break
+    avail = meminfo_bytes("MemAvailable")
     want = max(0, avail - WARM_HEADROOM) // WARM_CHUNK * WARM_CHUNK
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE  # the kernel touches
     held: list[mmap.mmap] = []

@@ -91,22 +91,22 @@ def rate_info(rate: str) -> dict[str, Any]:
             "burstiness_s": BURSTINESS_S, "maxdata": MAXDATA}
 
 
-def nbdkit_version() -> str | None:
+def _version(tool: str) -> str | None:
+    """The first line of ``TOOL --version``, or None where it cannot be run."""
     try:
-        out = subprocess.run(["nbdkit", "--version"], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.strip() or None
-
-
-def nbdcopy_version() -> str | None:
-    try:
-        out = subprocess.run(["nbdcopy", "--version"], capture_output=True, text=True,
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True,
                              timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return out.splitlines()[0].strip() if out.strip() else None
+
+
+def nbdkit_version() -> str | None:
+    return _version("nbdkit")
+
+
+def nbdcopy_version() -> str | None:
+    return _version("nbdcopy")
 
 
 def require(peer: bool) -> None:

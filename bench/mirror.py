@@ -117,6 +117,7 @@ from _common import (
     machine_info,
     maybe_profile,
     median,
+    meminfo_bytes,
     read_back,
     scratch_dir,
     source_state,
@@ -372,17 +373,15 @@ def device_copies(work: Path, mib: int, n: int, pattern: bytes, rate: str) -> di
     return out
 
 
-def _mem_available() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
 # -- driver ------------------------------------------------------------------------
+
+
+def _summaries(runs: dict[int, list[dict[str, Any]]]) -> dict[int, dict[str, Any]]:
+    """Each plex count's median and runs, with its ratio to the 1-plex median."""
+    out = {n: _summary(runs[n]) for n in PLEX_COUNTS}
+    for n in PLEX_COUNTS:
+        out[n]["ratio_to_1_plex"] = round(out[n]["mb_s"] / out[1]["mb_s"], 4)
+    return out
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -415,11 +414,8 @@ def run_disk(work: Path, mib: int, rounds: int, pattern: bytes, prof: Path | Non
                 dds[n].append(dd_copies(work, mib, n))
     dd_read = None if no_dd else dd_read_ref(work, mib)
 
-    w = {n: _summary(writes[n]) for n in PLEX_COUNTS}
-    rd = {n: _summary(reads[n]) for n in PLEX_COUNTS}
+    w, rd = _summaries(writes), _summaries(reads)
     for n in PLEX_COUNTS:
-        w[n]["ratio_to_1_plex"] = round(w[n]["mb_s"] / w[1]["mb_s"], 4)
-        rd[n]["ratio_to_1_plex"] = round(rd[n]["mb_s"] / rd[1]["mb_s"], 4)
         if dds[n]:
             ref = median([d["mb_s"] for d in dds[n]])
             w[n]["dd_copies"] = {"mb_s": round(ref, 1), "runs": dds[n]}
@@ -453,7 +449,7 @@ def run_independent(work: Path, mib: int, rounds: int, pattern: bytes, rate: str
                     prof: Path | None, no_peer: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """The nbd placement, one rate-limited nbdkit per plex: (its JSON section, its targets)."""
     need = (max(PLEX_COUNTS) + 1) * mib * MIB  # the peer's 3 servers + its source in RAM
-    avail = _mem_available()
+    avail = meminfo_bytes("MemAvailable")
     if avail and avail < need * 5 // 4:
         log(f"WARNING: {avail / MIB:.0f} MiB of memory available; the nbd placement keeps "
             f"up to {need / MIB:.0f} MiB in RAM (servers and /dev/shm)")
@@ -471,13 +467,10 @@ def run_independent(work: Path, mib: int, rounds: int, pattern: bytes, rate: str
             if not no_peer:
                 peers[n].append(device_copies(work, mib, n, pattern, rate))
 
-    w = {n: _summary(writes[n]) for n in PLEX_COUNTS}
-    rd = {n: _summary(reads[n]) for n in PLEX_COUNTS}
+    w, rd = _summaries(writes), _summaries(reads)
     dev_reads = [p["read"] for p in peers[1] if "read" in p]
     dev_read = median([d["mb_s"] for d in dev_reads]) if dev_reads else None
     for n in PLEX_COUNTS:
-        w[n]["ratio_to_1_plex"] = round(w[n]["mb_s"] / w[1]["mb_s"], 4)
-        rd[n]["ratio_to_1_plex"] = round(rd[n]["mb_s"] / rd[1]["mb_s"], 4)
         if peers[n]:
             ref = median([p["mb_s"] for p in peers[n]])
             w[n]["device_copies"] = {"mb_s": round(ref, 1), "runs": peers[n]}
