@@ -49,7 +49,15 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import CorruptBlock, MirrorfsError, PlexIOError
-from .ondisk import PlexState, PtrArray, ResyncRecord, Superblock, checksums, cp_offsets
+from .ondisk import (
+    PlexState,
+    PtrArray,
+    ResyncRecord,
+    Superblock,
+    checksums,
+    cp_offsets,
+    digests_of_run,
+)
 from .plex import Buffer, Plex
 
 log = logging.getLogger(__name__)
@@ -157,7 +165,8 @@ def spans(blks: npt.NDArray[np.uint64], pos: npt.NDArray[np.int64],
     n = len(blks)
     if n < 2:
         return [(0, n)] if n else []
-    brk = (np.diff(blks) != 1) | (np.diff(pos) != 1)  # a step down wraps: != 1 too
+    # a step down wraps: != 1 too (slices, not np.diff: a tenth of the cost at this size)
+    brk = ((blks[1:] - blks[:-1]) != 1) | ((pos[1:] - pos[:-1]) != 1)
     if not brk.any():  # the common case: one run (a sequential read)
         return [(a, min(n, a + limit)) for a in range(0, n, limit)]
     bounds = np.concatenate(([0], np.flatnonzero(brk) + 1, [n])).tolist()
@@ -310,9 +319,6 @@ class MirrorSet:
         if n == 0:
             return
         blks = np.asarray(ptrs["blk"], dtype=np.uint64)
-        if int(blks.max()) >= self.nblocks:  # a verified parent holding a bad pointer
-            raise CorruptBlock(what or "volume", int(blks.max()),
-                               f"pointer beyond the volume's {self.nblocks} blocks")
         readers = self.readable()
         if not readers:
             raise MirrorSet.NoWritablePlex(1, "no in-sync plex to read from")
@@ -320,8 +326,11 @@ class MirrorSet:
         cks = np.asarray(ptrs["ck"]).reshape(-1, 2)
         bad: list[tuple[int, PlexSlot]] = []
         for s, e in spans(blks, pos):
-            slot = self.reader_for(int(blks[s]), readers, stream)
             b0 = int(blks[s])
+            if b0 + e - s > self.nblocks:  # a verified parent holding a bad pointer
+                raise CorruptBlock(what or "volume", b0 + e - s - 1,
+                                   f"pointer beyond the volume's {self.nblocks} blocks")
+            slot = self.reader_for(b0, readers, stream)
             p = int(pos[s])
             dest = out[p * bs : (p + e - s) * bs]
             parts = (self._from_pieces(b0, e - s, dest, slot) if self._pieces
@@ -340,10 +349,9 @@ class MirrorSet:
                     continue
                 self._reads += 1
                 self._read_bytes += (b - a) * bs
-            blocks = [dest[i * bs : (i + 1) * bs] for i in range(e - s)]
-            got = checksums(blocks)
-            if got.tobytes() != cks[s:e].tobytes():  # one compare when all is well
-                ok = np.all(got == cks[s:e], axis=1)
+            got = digests_of_run(dest, bs)
+            if got != cks[s:e].tobytes():  # one compare when all is well
+                ok = np.all(np.frombuffer(got, dtype="<u8").reshape(-1, 2) == cks[s:e], axis=1)
                 for i in np.flatnonzero(~ok).tolist():
                     if any(a <= i < b for a, b in failed):
                         continue  # already counted bad

@@ -26,6 +26,7 @@ from ._ptr import PTR_SIZE as PTR_SIZE
 from ._ptr import PtrArray as PtrArray
 from ._ptr import checksum as checksum
 from ._ptr import checksums as checksums
+from ._ptr import digests_of_run as digests_of_run
 from ._ptr import null_ptrs as null_ptrs
 from ._ptr import ptr_equal as ptr_equal
 from ._ptr import ptr_words as ptr_words
