@@ -22,8 +22,9 @@ The device. One nbdkit per plex, each a device of fixed bandwidth::
   keeps that to 6.6 MB at 1000M.
 - blocksize filter, in front of rate: between two requests the rate
   filter's bucket refills at most to its capacity, so a request larger than
-  the capacity waits several times its share (NbdPlex sends up to 32 MiB:
-  a 1 GiB write ran at 74.5 MB/s for 131 configured, burstiness 0.05).
+  the capacity waits several times its share (with NbdPlex sending 32 MiB
+  requests, as it did then, a 1 GiB write ran at 74.5 MB/s for 131
+  configured, burstiness 0.05; it sends 8 MiB now, still over 6.6 MB).
   ``maxdata=1M`` cuts every request into pieces of at most 1 MiB before the
   rate filter sees them; the client still sends its own request sizes.
 
