@@ -191,16 +191,23 @@ class ObjectTable(ObjectView):
             return 0
         bs = self.block_size
         tree = self.tree(ino)
-        # Whole blocks are copied one by one into bytes: small heap allocations the
-        # cyclic GC never scans (views into the caller's buffer are GC-tracked).
+        # Whole blocks of an immutable bytes object are kept as views of it, with no
+        # copy; of anything else (a bytearray, a view the caller may reuse), copied one
+        # by one into bytes. The views are GC-tracked objects, but a 1 GiB write through
+        # the API (/var/tmp/s5/wprof.py, seven alternating pairs) still took 1.21-1.46 s
+        # of CPU with them against 1.33-1.94 s copying.
         mv = memoryview(data).cast("B")
         end = offset + n
         before = len(tree.dirty)
         fa, fb, edges = split_blocks(offset, end, bs)
         base = fa * bs - offset
         dirty = tree.dirty
-        for k, lb in enumerate(range(fa, fb)):
-            dirty[lb] = bytes(mv[base + k * bs : base + (k + 1) * bs])
+        if isinstance(data, bytes):
+            for k, lb in enumerate(range(fa, fb)):
+                dirty[lb] = mv[base + k * bs : base + (k + 1) * bs]
+        else:
+            for k, lb in enumerate(range(fa, fb)):
+                dirty[lb] = bytes(mv[base + k * bs : base + (k + 1) * bs])
         for lb in edges:  # partial blocks: read, modify, keep as a bytearray
             lo, hi = max(offset, lb * bs), min(end, (lb + 1) * bs)
             cur = dirty.get(lb)
