@@ -114,7 +114,9 @@ class FilePlex:
             raise PlexError(path, e.strerror or str(e)) from None
         self._lock(path)
         self._streamed: list[tuple[int, int]] = []  # large written ranges not yet flushed
-        self._read_run = (0, 0)  # a run of large reads, [start, end), not yet dropped
+        # a run of large reads, [start, end), not yet dropped: a hint, like _streamed (two
+        # readers at once may end each other's runs; a range that misses its drop stays cached)
+        self._read_run = (0, 0)
         self._write_lock = threading.Lock()  # one pwritev at a time (see "Two threads")
         st = os.fstat(self._fd)
         if stat.S_ISBLK(st.st_mode):
