@@ -35,7 +35,8 @@ from ..ondisk._ptr import checksums
 from ..plex import Buffer
 
 NODE_READAHEAD = 32  # extra sibling nodes fetched with the ones a read needs
-L1_KEEP = 64  # most level-1 nodes a tree keeps from its last walk (32 MiB of leaves)
+STREAM_NODES_AHEAD = 127  # the same for a stream's reads: the rest of the parent node
+L1_KEEP = 128  # most level-1 nodes a tree keeps from its last walk (64 MiB of leaves)
 READ_AHEAD_MIN = 1 << 20  # bytes fetched ahead once a read continues the one before it
 READ_AHEAD_MAX = 16 << 20  # most bytes fetched ahead of a sequential reader
 DEFERRED = bytes(1)  # a dirty leaf whose bytes are given at seal time (the plane), by identity
@@ -76,8 +77,8 @@ class Tree:
     """One object's block tree, with the dirty leaves of the CP being built."""
 
     __slots__ = ("_base", "_cp_leaves", "_cp_nodes", "_cp_placed", "_l1", "_leaf_placed",
-                 "_ra", "_stream", "dirty", "fanout", "height", "leaf_delta", "root", "src",
-                 "what")
+                 "_ra", "_seq", "_stream", "dirty", "fanout", "height", "leaf_delta", "root",
+                 "src", "what")
 
     def __init__(self, src: BlockSource, root: PtrArray, height: int, what: str) -> None:
         self.src = src
@@ -94,6 +95,7 @@ class Tree:
         self._base: tuple[PtrArray, int] | None = None  # committed root and height, during a CP
         self._ra = (-2, 0, 0)  # read-ahead: next leaf expected, leaves fetched up to, window
         self._stream = next(_STREAMS)  # the number of the stream of reads now going on
+        self._seq = False  # whether the read under way continues the one before it
         # level-1 nodes met by the last walk, by index, and the root they hang from
         self._l1: tuple[bytes, dict[int, PtrArray]] = (b"", {})
 
@@ -151,20 +153,28 @@ class Tree:
         # Children missing from the cache are read in one batch with some ahead: they
         # were placed together, so it is one coalesced read, and the next sequential
         # reads find theirs in the cache.
+        if level == 2 and self._seq:
+            # A stream's level-1 nodes: the rest of the parent's in one call (one read
+            # where they are not cached), kept for the reads that follow, so those take
+            # their pointers without a walk. A bad one among them is for whoever reads
+            # under it to meet. Other reads take just theirs (and read fewer ahead).
+            ahead = np.flatnonzero(node["blk"][i0 : min(self.fanout, i1 + STREAM_NODES_AHEAD)])
+            ahead += i0
+            try:
+                got = dict(zip(ahead.tolist(), self.src.read_nodes(node[ahead], self.what),
+                               strict=True))
+            except CorruptBlock:
+                got = {}
+            if got:
+                for i, kid in got.items():
+                    met[first // self.fanout + i] = kid
+                for i in want.tolist():
+                    self._collect(got[i], 1, first + i * span, a, b, out, base, met)
+                return
         ahead = np.flatnonzero(node["blk"][i0 : min(self.fanout, i1 + NODE_READAHEAD)]) + i0
         kids = self.src.read_nodes(node[want], self.what, node[ahead])
         for i, kid in zip(want.tolist(), kids, strict=True):
             self._collect(kid, level - 1, first + i * span, a, b, out, base, met)
-        if level == 2 and len(ahead) > len(want):
-            # the level-1 nodes just read ahead are cached now: keep them for the
-            # reads that follow, so they take their pointers without a walk
-            more = np.setdiff1d(ahead, want)
-            try:
-                extra = self.src.read_nodes(node[more], self.what)
-            except CorruptBlock:
-                return  # a bad node is for whoever reads under it to meet
-            for i, kid in zip(more.tolist(), extra, strict=True):
-                met[first // self.fanout + i] = kid
 
     def nonnull_leaves(self, a: int, b: int) -> I64:
         """Indices of committed non-hole leaves in [a, b), skipping hole subtrees."""
@@ -208,7 +218,8 @@ class Tree:
         Any other read starts over.
         """
         nxt, until, win = self._ra
-        if a not in (nxt, nxt - 1):
+        self._seq = a in (nxt, nxt - 1)
+        if not self._seq:
             self._ra = (b, b, 0)
             self._stream = next(_STREAMS)
             return
