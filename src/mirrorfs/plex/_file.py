@@ -11,7 +11,16 @@ now asks for writeback of its range at once (sync_file_range WRITE, a hint
 that waits for nothing): the disk works while the rest of the CP is copied,
 and the fdatasync finds little left. Measured on this VM (1 GiB, CPs of
 256 MiB): 231-287 MB/s without the hint, 399-413 MB/s with it, dd 401-459.
-O_DIRECT was tried instead: half the CPU, but 239-272 MB/s.
+O_DIRECT was tried instead: half the CPU, but 239-272 MB/s. Tried again
+in session 6, when this disk took O_DIRECT writes of 8 MiB at 1.5-2.1
+GB/s: our buffers are not aligned, so the blocks went through two aligned
+staging buffers (a memfd filled by pwritev, which copies without the GIL;
+one buffer written by a thread while the other filled). 1 GiB through the
+API (/var/tmp/s5/wprof.py, three alternating pairs): 715-769 MB/s and
+1.33-1.45 s of CPU, against 706-991 MB/s and 1.38-1.88 s buffered; a
+first version that copied into the staging buffer in Python, holding the
+GIL, spent 0.48 s copying and 0.85 s waiting on the disk per GiB, one after
+the other. Slower, and the CPU saved is within the noise: not kept.
 
 Streaming I/O leaves the page cache. Once a flush has made them durable,
 the ranges of large writes are dropped from the page cache (fadvise
