@@ -284,3 +284,41 @@ def test_large_reads_leave_the_page_cache_and_small_ones_stay(
         assert _resident(path, 0, 8192) == 2
     finally:
         plex.close()
+
+
+def test_a_large_read_into_an_aligned_buffer_goes_around_the_page_cache(
+        tmp_path: Path) -> None:
+    """Where O_DIRECT works, a read of READ_STREAM_MIN or more into a page-aligned
+    buffer (the mirror's read-ahead pieces) comes straight from the disk: the bytes
+    are the image's, a buffered write not yet flushed included, and none of the
+    image's pages enter the cache. Into a buffer that is not aligned, the same read
+    goes through the cache."""
+    rng = np.random.default_rng(8)
+    data = rng.bytes(8 * MiB)
+    path = tmp_path / "direct.img"
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    plex = FilePlex(str(path))
+    try:
+        if not plex.read_ahead:
+            pytest.skip(f"this machine's file system under {tmp_path} refuses O_DIRECT")
+        aligned = mmap.mmap(-1, MiB)
+        plex.readinto(2 * MiB, memoryview(aligned))
+        assert bytes(aligned) == data[2 * MiB : 3 * MiB]
+        assert _resident(path, 2 * MiB, MiB) == 0
+        new = rng.bytes(MiB)
+        plex.writev(2 * MiB, [new])  # buffered, not flushed
+        plex.readinto(2 * MiB, memoryview(aligned))
+        assert bytes(aligned) == new
+        room = mmap.mmap(-1, 2 * MiB)
+        unaligned = memoryview(room)[512 : 512 + MiB]
+        plex.readinto(5 * MiB, unaligned)
+        assert bytes(unaligned) == data[5 * MiB : 6 * MiB]
+        assert _resident(path, 5 * MiB, MiB) == MiB // 4096
+        unaligned.release()
+    finally:
+        plex.close()
+
