@@ -20,12 +20,11 @@ will want next with ``prefetch``; they are read in pieces of
 PREFETCH_PIECE_BLOCKS by background threads, the pieces dealt round-robin
 over the in-sync plexes, so independent plexes stream at once and the
 reader's own work overlaps the I/O. Only plexes that ask for it
-(``Plex.read_ahead``: NBD exports, and files where O_DIRECT works, which read
-a piece straight into its page-aligned buffer) get pieces. ``read_into``
-then copies a block from its piece instead of reading it, and verifies it
-like any other: a piece is only a guess of the plex's bytes. A piece that
-fails its checksum (a block rewritten since it was fetched) is read again
-from its plex before anything counts as damage;
+(``Plex.read_ahead``: NBD exports, not files, which the kernel reads ahead)
+get pieces. ``read_into`` then copies a block from its piece instead of
+reading it, and verifies it like any other: a piece is only a guess of the
+plex's bytes. A piece that fails its checksum (a block rewritten since it
+was fetched) is read again from its plex before anything counts as damage;
 for a piece whose read failed, the reader reads the same blocks from that
 plex itself, so errors take the one ordinary path (failover and repair).
 Pieces are dropped when consumed, when written over, when the plex set
@@ -41,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import mmap
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -144,7 +142,7 @@ class _Piece:
     lo: int
     hi: int
     slot: PlexSlot
-    buf: mmap.mmap  # page-aligned, so a file plex can read into it with O_DIRECT
+    buf: bytearray
     fut: Future[bool]
 
 
@@ -203,7 +201,7 @@ class MirrorSet:
         # lock, held for dict operations only, never across I/O or a wait
         self._pieces: dict[int, _Piece] = {}
         self._pieces_lock = threading.Lock()
-        self._spare: list[mmap.mmap] = []  # piece buffers to reuse
+        self._spare: list[bytearray] = []  # piece buffers to reuse
         self._fetched = self._fetch_used = self._fetch_stale = 0
         self._rpool: ThreadPoolExecutor | None = None  # made on the first prefetch
         self._streams: dict[int, PlexSlot] = {}  # the plex each stream (a number) reads from
@@ -419,7 +417,7 @@ class MirrorSet:
             with self._pieces_lock:
                 if k in self._pieces:
                     continue
-                buf = self._spare.pop() if self._spare else mmap.mmap(-1, pb * bs)
+                buf = self._spare.pop() if self._spare else bytearray(pb * bs)
                 slot = readers[(k + self.read_shift) % len(readers)]
                 fut: Future[bool] = Future()
                 self._pieces[k] = _Piece(lo, hi, slot, buf, fut)
@@ -428,7 +426,7 @@ class MirrorSet:
             self._fetched += 1
             self._rpool.submit(self._fetch, slot, lo, hi, buf, fut)
 
-    def _fetch(self, slot: PlexSlot, lo: int, hi: int, buf: mmap.mmap,
+    def _fetch(self, slot: PlexSlot, lo: int, hi: int, buf: bytearray,
                fut: Future[bool]) -> None:
         """One piece, in a read-ahead thread; a failed read only makes the piece unusable."""
         bs = self.block_size

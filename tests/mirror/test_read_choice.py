@@ -5,11 +5,6 @@ that served its first read, wherever its blocks lie, so one image's
 read-ahead keeps going; a read that starts a new run, and reads of other
 files, go to the plex of their region of the volume, so readers spread; a
 new run starts over with the region rule (``read_shift`` turns it).
-
-The plexes here leave read-ahead to the kernel (``read_ahead=False``), as
-image files do where O_DIRECT is refused: plexes that read ahead themselves
-take a stream's blocks from pieces dealt over every plex
-(``test_prefetch``), and only the reader's own reads follow this rule.
 """
 
 from __future__ import annotations
@@ -54,7 +49,7 @@ def test_a_stream_stays_on_the_plex_of_its_first_read(tmp_path: Path) -> None:
                           .leaf_ptrs(0, 160 * MIB // BS)["blk"])
         assert len(np.unique(blks // READ_REGION_BLOCKS)) >= 3
     for shift in (0, 1):
-        plexes = [CountingPlex(FilePlex(p), read_ahead=False) for p in paths]
+        plexes = [CountingPlex(FilePlex(p)) for p in paths]
         with Volume.attach(plexes, cp_interval=None) as vol:
             vol.mirror.read_shift = shift
             assert _read(vol, "/big") == data["/big"]
@@ -66,7 +61,7 @@ def test_a_stream_stays_on_the_plex_of_its_first_read(tmp_path: Path) -> None:
 def test_streams_of_other_regions_spread_over_the_plexes(tmp_path: Path) -> None:
     sizes = {f"/f{i}": 40 * MIB for i in range(6)}  # 240 MiB: the files lie in four regions
     paths, data = _volume(tmp_path, sizes)
-    plexes = [CountingPlex(FilePlex(p), read_ahead=False) for p in paths]
+    plexes = [CountingPlex(FilePlex(p)) for p in paths]
     with Volume.attach(plexes, cp_interval=None) as vol:
         for p in sizes:
             assert _read(vol, p) == data[p]

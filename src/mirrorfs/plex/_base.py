@@ -32,12 +32,10 @@ class Plex(Protocol):
 
         True where nothing below the client does it: each read of an NBD
         export is a round trip, so pieces fetched in background threads let
-        independent plexes stream at once. True for a file plex where
-        O_DIRECT works: its pieces skip the page cache (``plex._file``).
-        False for a file plex elsewhere: the kernel already reads ahead into
-        the page cache, and a copy through a read-ahead buffer cost more CPU
-        than it saved (a 1 GiB cold read through the API: 1107-1184 MB/s with
-        it, 1396-1436 without).
+        independent plexes stream at once. False for a file plex: the kernel
+        already reads ahead into the page cache, and a copy through a
+        read-ahead buffer cost more CPU than it saved (a 1 GiB cold read
+        through the API: 1107-1184 MB/s with it, 1396-1436 without).
         """
         ...
 

@@ -59,23 +59,18 @@ writer's Python needed; waiting on our lock sleeps. /var/tmp/s5/wprof.py,
 1 GiB on one plex, three alternating pairs: 832-946 MB/s and 1.37-1.64 s of
 CPU with the lock, 646-680 MB/s and 2.28-2.37 s without.
 
-Reading ahead around the page cache. Where the file system takes O_DIRECT
-(ext4, xfs, block devices; not tmpfs), a file plex asks the mirror to read
-it ahead (``read_ahead``), and a large read into a page-aligned buffer (the
-mirror's read-ahead pieces) goes around the page cache: the device copies
-straight into the piece, with no page-cache pages to fill, copy out of and
-drop. Other reads (the reader's own, into buffers that are not aligned)
-stay buffered as above. Why: this VM returns freed guest pages to its host
-(free page reporting) and faults them in again on next use, so a cold read
-through the page cache ran at half speed or less whenever its pages came
-from memory handed back a moment before; the do-nothing FUSE file system of
-bench/mount.py read at 401-414 MB/s in such a phase. Through a 2-plex mount
-(/var/tmp/s5/mrd.sh, 1 GiB cold, six alternating pairs) the direct pieces
-read at 0.99-1.1 GB/s with 0.91-1.2 s of daemon CPU where the buffered
-reads ran at 661-788 MB/s with 1.18-1.41 s; through the API (bench/fs_api.py
---only write,read, two pairs) at 1241-1289 MB/s against 1108-1155. One
-synchronous O_DIRECT read per request, without read-ahead, was slower
-(685-764 MB/s): each waited about 0.6 ms that read-ahead hides.
+O_DIRECT reads were tried too (session 6): file plexes asking the mirror
+for read-ahead, pieces in page-aligned buffers read around the page cache.
+Where the VM had just taken freed memory back, reads through the page cache
+slowed and the pieces won (1 GiB cold through a 2-plex mount,
+/var/tmp/s5/mrd.sh, four alternating pairs: 903-958 MB/s and 1.11-1.17 s of
+daemon CPU against 677-740 MB/s and 1.28-1.45 s). With memory warm, as
+bench/mount.py runs it (two runs each, --only mirrorfs,nullfs,seq_write,
+seq_read_cold), they lost: 971-1013 MB/s and 1.99-2.13 s of CPU per 2 GiB
+against 1070-1102 MB/s and 1.55-1.68 s; perf put the difference in waking
+and switching the read-ahead threads on two cores and in FUSE's reply copy
+spinning on its lock meanwhile. Not kept: a machine without this VM's
+memory reporting is always in the warm case.
 
 Few system calls. Each call gives up the GIL and must take it back, which
 waits while a writer thread runs Python (see ``store._store._quick_switch``),
@@ -103,7 +98,6 @@ READ_STREAM_MIN = 128 << 10  # smallest read dropped from the page cache (FUSE's
 READ_DROP_BYTES = 32 << 20  # a run of large reads is dropped in batches of this many bytes
 HINT_BYTES = 16 << 20  # a long write gets its hint every this many bytes, not per pwritev
 SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages, wait for nothing
-DIRECT_ALIGN = 4096  # O_DIRECT reads: offset, length and buffer address are multiples of this
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -121,15 +115,10 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 _sync_file_range = _load_sync_file_range()
 
 
-def _address(buf: memoryview) -> int:
-    """The address of a writable buffer's first byte."""
-    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
-
-
 class FilePlex:
     """A plex on a regular file (an image, created sparse) or a block device."""
 
-    read_ahead = False  # True per plex where O_DIRECT works (``Plex.read_ahead``)
+    read_ahead = False  # the kernel's read-ahead serves it (``Plex.read_ahead``)
 
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.spec = path
@@ -151,8 +140,6 @@ class FilePlex:
         # readers at once may end each other's runs; a range that misses its drop stays cached)
         self._read_run = (0, 0)
         self._write_lock = threading.Lock()  # one pwritev at a time (see "Two threads")
-        self._direct_fd = self._open_direct(path)  # -1 where O_DIRECT is refused
-        self.read_ahead = self._direct_fd >= 0  # False too once a direct read is refused
         st = os.fstat(self._fd)
         if stat.S_ISBLK(st.st_mode):
             self._size = os.lseek(self._fd, 0, os.SEEK_END)
@@ -161,14 +148,6 @@ class FilePlex:
         else:
             os.close(self._fd)
             raise PlexError(path, "is neither a regular file nor a block device")
-
-    @staticmethod
-    def _open_direct(path: str) -> int:
-        """A second descriptor that reads around the page cache, or -1 (tmpfs refuses)."""
-        try:
-            return os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-        except OSError:
-            return -1
 
     def _lock(self, path: str) -> None:
         """Exclusive use: writers lock the plex exclusively, readers shared.
@@ -235,12 +214,6 @@ class FilePlex:
         length = len(buf)
         check_read(self.spec, offset, length, self._size)
         got = 0
-        if (self.read_ahead and length >= READ_STREAM_MIN
-                and offset % DIRECT_ALIGN == 0 and length % DIRECT_ALIGN == 0
-                and _address(buf) % DIRECT_ALIGN == 0):
-            got = self._read_direct(offset, buf)
-            if got == length:
-                return  # nothing entered the page cache: nothing to drop
         while got < length:
             try:
                 n = os.preadv(self._fd, [buf[got:]], offset + got)
@@ -264,20 +237,6 @@ class FilePlex:
                 self._drop(a, b - a)
                 a = b
             self._read_run = (a, b)
-
-    def _read_direct(self, offset: int, buf: memoryview) -> int:
-        """One O_DIRECT read into ``buf``; the bytes read (0 where the file system refuses)."""
-        try:
-            return os.preadv(self._direct_fd, [buf], offset)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise PlexIOError(self.spec, f"reading {len(buf)} bytes at {offset}: "
-                                             f"{e.strerror}") from None
-        # EINVAL: this file system wants another alignment, or none: read through the
-        # cache from now on (the descriptor stays open until close: another thread may
-        # be reading with it)
-        self.read_ahead = False
-        return 0
 
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
         if self.read_only:
@@ -346,9 +305,6 @@ class FilePlex:
             os.posix_fadvise(self._fd, pos, length, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
-        if self._direct_fd >= 0:
-            os.close(self._direct_fd)
-            self._direct_fd = -1
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
