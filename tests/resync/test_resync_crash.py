@@ -2,9 +2,10 @@
 
 Killed at every extent. The resync runs in a forked child that dies with
 ``os._exit`` (no cleanup, no final CP) right after extent N is copied, for
-every N of a plan of 18 extents. The test then reopens the volume: the
-target is a resync target (``examine`` says resyncing and never chooses it,
-it cannot be opened alone, it is not in the in-sync set), and resuming
+every N of a plan of 10-32 extents (24 with today's allocator). The test
+then reopens the volume: the target is a resync target (``examine`` says
+resyncing and never chooses it, it cannot be opened alone, it is not in
+the in-sync set), and resuming
 copies exactly the changed blocks above the cursor its superblock recorded
 (``resumed_from`` > 0, as the target received every CP since), no more than
 the first run had left; afterwards every plex alone is fsck clean and
@@ -205,7 +206,7 @@ def first_plan(out: Outage) -> tuple[int, int, Callable[[int], int]]:
         (plan,) = vol.resync(dry_run=True).plans
     finally:
         vol.close()
-    assert 10 <= plan.extents <= 20, plan.as_dict()
+    assert 10 <= plan.extents <= 32, plan.as_dict()  # many, but few enough to kill at each
     blks = planes.to_blocks(plan.changed)
 
     def above(cursor: int) -> int:

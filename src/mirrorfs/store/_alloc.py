@@ -44,7 +44,17 @@ class Allocator:
         self.holds: list[Words] = []  # planes kept from reuse for a while (an online scrub)
 
     def begin_cp(self) -> None:
-        """Forget the free list: blocks freed by the last CP are free now."""
+        """Forget the free list: blocks freed by the last CP are free now.
+
+        The cursor goes back to the first free block the last window did not
+        hand out: a window is scanned at twice the demand, and leaving the
+        cursor at its end skipped the other half, so consecutive CPs left a
+        hole as large as themselves between them (a 1 GiB file lay in runs of
+        130 MiB every 256 MiB of the image, and the kernel's read-ahead of
+        the image read into the holes).
+        """
+        if len(self._free):
+            self._cursor = int(self._free[0]) // 64
         self._free = np.zeros(0, dtype=np.uint64)
         self._scanned = 0
         self._held_cache = None
