@@ -40,9 +40,9 @@ request buffers are not mmapped afresh) is called the same way, and
 ``READAHEAD_KIB`` (the read-ahead window mirrorfs gives its mount) is
 written to this mount's bdi once the kernel has applied FUSE's INIT reply
 (which sets it), and the page-cache recycling of mirrorfs's file plexes
-(``plex._file``: a run of reads of READ_STREAM_MIN or more is dropped from
-the page cache every READ_DROP_BYTES, and when a read leaves the run) is
-done the same way on the backing file. Without it this ceiling kept every
+(``plex._file.ReadRuns``: a run of reads of READ_STREAM_MIN or more is
+dropped from the page cache every READ_DROP_BYTES, and when a read leaves
+the run) is done by the same code on the backing file. Without it this ceiling kept every
 page it read, and on a VM that hands freed guest memory back to its host
 (free page reporting) its cold reads ran at half speed in most rounds
 while mirrorfs's, recycling its pages, did not: a ratio over 1 that said
@@ -103,7 +103,7 @@ def fuse_settings(backing: str) -> dict[str, Any]:
         "entry_timeout": 1.0, "attr_timeout": 1.0, "negative_timeout": 1.0,
         "enable_writeback_cache": False, "supports_dot_lookup": True,
         "enable_acl": False, "tune_malloc": False, "read_ahead_kib": None,
-        "read_stream_min": None, "read_drop_bytes": None, "source": "defaults"}
+        "read_stream_min": None, "source": "defaults"}
     try:
         from mirrorfs.daemon import _fuse, _mount
         from mirrorfs.plex import _file
@@ -122,8 +122,8 @@ def fuse_settings(backing: str) -> dict[str, Any]:
             enable_acl=bool(getattr(ops, "enable_acl", False)),
             tune_malloc=callable(getattr(_mount, "tune_malloc", None)),
             read_ahead_kib=getattr(_mount, "READAHEAD_KIB", None),
-            read_stream_min=getattr(_file, "READ_STREAM_MIN", None),
-            read_drop_bytes=getattr(_file, "READ_DROP_BYTES", None),
+            read_stream_min=(getattr(_file, "READ_STREAM_MIN", None)
+                             if hasattr(_file, "ReadRuns") else None),
             source="mirrorfs.daemon")
     except Exception as e:  # mirrorfs mid-edit or absent: keep the defaults, say so
         out["source"] = f"defaults ({type(e).__name__}: {e})"
@@ -206,8 +206,11 @@ class NullOps(pyfuse3.Operations):
         self.files: dict[int, int] = {}  # file handle -> inode
         self.rbuf = bytearray(1 << 20)  # the reply buffer of every read
         self.read_stream_min = settings["read_stream_min"]  # None: no page-cache drops
-        self.read_drop_bytes = settings["read_drop_bytes"]
-        self.read_run = (0, 0)  # [start, end) of the backing file read in a run, not dropped
+        self.read_runs = None
+        if self.read_stream_min is not None:
+            from mirrorfs.plex._file import ReadRuns
+
+            self.read_runs = ReadRuns(self.fd)
         self.dirs: dict[int, tuple[int, list[tuple[bytes, int]]]] = {}  # handle -> listing
         self.next_fh = 1
 
@@ -512,24 +515,11 @@ class NullOps(pyfuse3.Operations):
         pos = 0
         for phys, k in self._pieces(n, off, have):
             pos += os.preadv(self.fd, [mv[pos:pos + k]], phys)
-            if self.read_stream_min is not None and size >= self.read_stream_min:
-                self._recycle(phys, k)
+            if self.read_runs is not None and size >= self.read_stream_min:
+                self.read_runs.read(phys, k)
         if pos < size:
             mv[pos:size] = bytes(size - pos)
         return mv[:size]
-
-    def _recycle(self, phys: int, k: int) -> None:
-        """Drop a run of large reads from the page cache in batches, as mirrorfs does."""
-        a, b = self.read_run
-        if phys != b:  # not the run's next read: drop the run, start another
-            if b > a:
-                os.posix_fadvise(self.fd, a, b - a, os.POSIX_FADV_DONTNEED)
-            a = phys
-        b = phys + k
-        if b - a >= self.read_drop_bytes:
-            os.posix_fadvise(self.fd, a, b - a, os.POSIX_FADV_DONTNEED)
-            a = b
-        self.read_run = (a, b)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         n = self._node(self.files[fh])

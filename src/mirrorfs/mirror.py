@@ -263,6 +263,12 @@ class MirrorSet:
         self._read_bytes += len(data)
         return data
 
+    def read_raw_into(self, slot: PlexSlot, blk: int, dest: memoryview) -> None:
+        """``read_raw`` into ``dest`` (whole blocks), which the caller reuses."""
+        slot.plex.readinto(blk * self.block_size, dest)
+        self._reads += 1
+        self._read_bytes += len(dest)
+
     def reader_for(self, blk: int, readers: Sequence[PlexSlot], stream: int | None = None
                    ) -> PlexSlot:
         """The plex that serves block ``blk`` first.
@@ -601,9 +607,7 @@ class MirrorSet:
             for s, e in spans:
                 data = bufs[k][s * bs : e * bs]
                 try:
-                    slot.plex.readinto(int(sblks[s]) * bs, data)
-                    self._reads += 1
-                    self._read_bytes += len(data)
+                    self.read_raw_into(slot, int(sblks[s]), data)
                 except PlexIOError as err:
                     self.fail(slot, err)
                     unread.update(range(s, e))

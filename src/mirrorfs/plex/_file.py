@@ -115,6 +115,40 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 _sync_file_range = _load_sync_file_range()
 
 
+def drop_pages(fd: int, pos: int, length: int) -> None:
+    """Give a range's pages back to the kernel (a hint: its errors change nothing)."""
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, pos, length, os.POSIX_FADV_DONTNEED)
+
+
+class ReadRuns:
+    """The page-cache drops of one file's large reads: a run at a time, in batches.
+
+    ``read`` is told of each large read once its bytes are the caller's. A
+    read that starts where the last ended continues the run, which is dropped
+    every READ_DROP_BYTES; any other read drops the run and starts another.
+    The run is a hint (two readers at once may end each other's runs; a range
+    that misses its drop stays cached). ``bench/_nullfs.py`` uses this too,
+    so that the ceiling recycles its pages as a file plex does.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._run = (0, 0)  # [start, end) read, not yet dropped
+
+    def read(self, offset: int, length: int) -> None:
+        a, b = self._run
+        if offset != b:  # not the run's next read: drop the run, start another
+            if b > a:
+                drop_pages(self.fd, a, b - a)
+            a = offset
+        b = offset + length
+        if b - a >= READ_DROP_BYTES:
+            drop_pages(self.fd, a, b - a)
+            a = b
+        self._run = (a, b)
+
+
 class FilePlex:
     """A plex on a regular file (an image, created sparse) or a block device."""
 
@@ -136,9 +170,7 @@ class FilePlex:
             raise PlexError(path, e.strerror or str(e)) from None
         self._lock(path)
         self._streamed: list[tuple[int, int]] = []  # large written ranges not yet flushed
-        # a run of large reads, [start, end), not yet dropped: a hint, like _streamed (two
-        # readers at once may end each other's runs; a range that misses its drop stays cached)
-        self._read_run = (0, 0)
+        self._read_runs = ReadRuns(self._fd)  # drops of large reads (see "Streaming I/O")
         self._write_lock = threading.Lock()  # one pwritev at a time (see "Two threads")
         st = os.fstat(self._fd)
         if stat.S_ISBLK(st.st_mode):
@@ -227,16 +259,7 @@ class FilePlex:
         if length >= READ_STREAM_MIN:
             # the bytes are the caller's now (and, under a mount, in the kernel's cache
             # of the mounted file): drop them, a batch at a time
-            a, b = self._read_run
-            if offset != b:  # not the run's next read: drop the run, start another
-                if b > a:
-                    self._drop(a, b - a)
-                a = offset
-            b = offset + length
-            if b - a >= READ_DROP_BYTES:
-                self._drop(a, b - a)
-                a = b
-            self._read_run = (a, b)
+            self._read_runs.read(offset, length)
 
     def writev(self, offset: int, bufs: Sequence[Buffer]) -> None:
         if self.read_only:
@@ -297,12 +320,7 @@ class FilePlex:
         except OSError as e:
             raise PlexIOError(self.spec, f"flush: {e.strerror}") from None
         for pos, length in ranges:  # clean now, so dropping them loses nothing
-            self._drop(pos, length)
-
-    def _drop(self, pos: int, length: int) -> None:
-        """Give a range's pages back to the kernel (a hint: its errors change nothing)."""
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(self._fd, pos, length, os.POSIX_FADV_DONTNEED)
+            drop_pages(self._fd, pos, length)
 
     def close(self) -> None:
         if self._fd >= 0:
