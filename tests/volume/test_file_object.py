@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +114,31 @@ def test_text_mode_large_writes(volume: Volume) -> None:
         assert f.read() == "first\n" + text
     with volume.open_file("/t", "rb") as b:
         assert isinstance(b, io.BufferedReader)
+
+
+@pytest.mark.parametrize("mode", ["wb", "w+b"])
+def test_threads_writing_one_file_object_lose_nothing(volume: Volume, mode: str) -> None:
+    """Writes from several threads, large and small, each land whole: a passed write is
+    several calls on the buffered object, and no other write may slip between them."""
+    pieces = {k: (bytes([65 + k]) * LARGE, bytes([65 + k]) * 1000) for k in range(4)}
+
+    def writer(f: Any, k: int) -> None:
+        big, small = pieces[k]
+        for i in range(60):
+            f.write(big if i % 3 == 0 else small)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often, so a gap inside a write is met
+    try:
+        with volume.open_file("/shared", mode) as f:
+            threads = [threading.Thread(target=writer, args=(f, k)) for k in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    data = volume.read_bytes("/shared")
+    each = 20 * LARGE + 40 * 1000
+    assert len(data) == 4 * each
+    assert [data.count(bytes([65 + k])) for k in range(4)] == [each] * 4
