@@ -872,7 +872,14 @@ class _BufferedWriter(io.BufferedWriter):
 
 
 class _BufferedRandom(io.BufferedRandom):
-    """``io.BufferedRandom`` whose large ``bytes`` writes pass the buffer (as above)."""
+    """``io.BufferedRandom`` whose large ``bytes`` writes pass the buffer (as above).
+
+    Left as is: reads from other threads are not held by the lock, so a read
+    that runs between a passed write's raw write and its seek leaves the
+    position after the read's read-ahead, not after the bytes it returned.
+    No byte is lost; only a shared position raced by readers and writers at
+    once can differ from what ``io.BufferedRandom`` gives.
+    """
 
     def __init__(self, raw: MirrorFile, buffer_size: int) -> None:
         super().__init__(raw, buffer_size)
