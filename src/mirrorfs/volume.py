@@ -28,7 +28,7 @@ import tomllib
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import tomli_w
 
@@ -849,8 +849,8 @@ def _pass_bytes(f: io.BufferedWriter | io.BufferedRandom, b: bytes) -> int:
     return n
 
 
-class _BufferedWriter(io.BufferedWriter):
-    """``io.BufferedWriter`` whose large ``bytes`` writes pass the buffer.
+class _PassingWrites:
+    """Large ``bytes`` writes pass the buffer of the buffered class it comes before.
 
     The buffered object's own lock covers one call, and a passed write is
     three (flush, the raw write, seek): a lock of ours makes every write one
@@ -858,38 +858,32 @@ class _BufferedWriter(io.BufferedWriter):
     to one file object lost a quarter to a half of their bytes
     (/var/tmp/s7tiny.py). The price is the Python call: a million 16-byte
     writes take 0.2-0.3 s, against 0.09 s through ``io.BufferedWriter``.
+
+    Left as is: reads from other threads (``r+b``) are not held by the lock,
+    so a read that runs between a passed write's raw write and its seek
+    leaves the position after the read's read-ahead, not after the bytes it
+    returned. No byte is lost; only a shared position raced by readers and
+    writers at once can differ from what ``io.BufferedRandom`` gives.
     """
 
     def __init__(self, raw: MirrorFile, buffer_size: int) -> None:
-        super().__init__(raw, buffer_size)
+        super().__init__(raw, buffer_size)  # type: ignore[call-arg]
         self._writing = threading.Lock()
 
     def write(self, b: Any) -> int:
         with self._writing:
             if type(b) is bytes and len(b) >= PASS_BYTES_MIN:
-                return _pass_bytes(self, b)
-            return io.BufferedWriter.write(self, b)
+                return _pass_bytes(cast(io.BufferedWriter, self), b)
+            n: int = super().write(b)  # type: ignore[misc]
+            return n
 
 
-class _BufferedRandom(io.BufferedRandom):
-    """``io.BufferedRandom`` whose large ``bytes`` writes pass the buffer (as above).
+class _BufferedWriter(_PassingWrites, io.BufferedWriter):
+    pass
 
-    Left as is: reads from other threads are not held by the lock, so a read
-    that runs between a passed write's raw write and its seek leaves the
-    position after the read's read-ahead, not after the bytes it returned.
-    No byte is lost; only a shared position raced by readers and writers at
-    once can differ from what ``io.BufferedRandom`` gives.
-    """
 
-    def __init__(self, raw: MirrorFile, buffer_size: int) -> None:
-        super().__init__(raw, buffer_size)
-        self._writing = threading.Lock()
-
-    def write(self, b: Any) -> int:
-        with self._writing:
-            if type(b) is bytes and len(b) >= PASS_BYTES_MIN:
-                return _pass_bytes(self, b)
-            return io.BufferedRandom.write(self, b)
+class _BufferedRandom(_PassingWrites, io.BufferedRandom):
+    pass
 
 
 def _create_plex(spec: str, size: int) -> Plex:
