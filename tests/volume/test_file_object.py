@@ -56,7 +56,7 @@ def _apply(f: Any, op: tuple[str, int, bool], k: int) -> Any:
     return f.tell()
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mode=st.sampled_from(["wb", "w+b", "r+b"]), seed=st.binary(max_size=3 * BS),
        calls=st.lists(ops, max_size=12))
