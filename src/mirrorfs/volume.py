@@ -57,7 +57,7 @@ from .store import Clock, Store, SystemClock, empty_superblock
 
 CP_INTERVAL_S = 5.0  # most seconds of dirty data before the timer commits a CP
 FILE_BUFFER = 1 << 20  # the buffer of a file object from open_file
-PASS_BYTES_MIN = 128 << 10  # a bytes write this large passes the buffer (_pass_bytes)
+PASS_BYTES_MIN = 128 << 10  # a bytes write this large passes the buffer (_PassingWrites)
 MIN_VOLUME_BYTES = 16 << 20
 
 
@@ -827,8 +827,9 @@ class MirrorFile(io.RawIOBase):
         super().close()
 
 
-def _pass_bytes(f: io.BufferedWriter | io.BufferedRandom, b: bytes) -> int:
-    """Write ``b`` to ``f``'s raw file whole, past the buffer (``f``'s ``write`` decides).
+class _PassingWrites:
+    """A ``bytes`` write of PASS_BYTES_MIN or more passes the buffer of the buffered
+    class this comes before, whole.
 
     Why: ``io.BufferedWriter`` hands a large write to the raw file as a
     memoryview of the caller's memory with no owner, valid only for the
@@ -838,26 +839,16 @@ def _pass_bytes(f: io.BufferedWriter | io.BufferedRandom, b: bytes) -> int:
     (/var/tmp/s7inst.py, five runs each): 944-1233 MB/s with 0.42-0.47 s
     of the writing thread's CPU passed whole, 894-946 MB/s with 0.84-0.89 s
     through the buffer. The buffer is flushed first, so the bytes land in
-    the order they were written, and ``f`` is then seeked to where the raw
-    file stands (after an append, the end): ``f`` caches the raw position,
-    and a write it did not make would leave that stale.
-    """
-    f.flush()
-    n = f.raw.write(b)
-    assert n is not None  # a MirrorFile never blocks
-    f.seek(f.raw.tell())
-    return n
-
-
-class _PassingWrites:
-    """Large ``bytes`` writes pass the buffer of the buffered class it comes before.
+    the order they were written, and the buffered object is then seeked to
+    where the raw file stands (after an append, the end): it caches the raw
+    position, and a write it did not make would leave that stale.
 
     The buffered object's own lock covers one call, and a passed write is
     three (flush, the raw write, seek): a lock of ours makes every write one
     step again for other writing threads. Without it, four threads writing
     to one file object lost a quarter to a half of their bytes
     (/var/tmp/s7tiny.py). The price is the Python call: a million 16-byte
-    writes take 0.2-0.3 s, against 0.09 s through ``io.BufferedWriter``.
+    writes take 0.28-0.31 s, against 0.09 s through ``io.BufferedWriter``.
 
     Left as is: reads from other threads (``r+b``) are not held by the lock,
     so a read that runs between a passed write's raw write and its seek
@@ -872,10 +863,15 @@ class _PassingWrites:
 
     def write(self, b: Any) -> int:
         with self._writing:
-            if type(b) is bytes and len(b) >= PASS_BYTES_MIN:
-                return _pass_bytes(cast(io.BufferedWriter, self), b)
-            n: int = super().write(b)  # type: ignore[misc]
-            return n
+            if type(b) is not bytes or len(b) < PASS_BYTES_MIN:
+                n: int = super().write(b)  # type: ignore[misc]
+                return n
+            f = cast(io.BufferedWriter, self)
+            f.flush()
+            done = f.raw.write(b)
+            assert done is not None  # a MirrorFile never blocks
+            f.seek(f.raw.tell())
+            return done
 
 
 class _BufferedWriter(_PassingWrites, io.BufferedWriter):

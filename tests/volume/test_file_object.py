@@ -1,7 +1,7 @@
 """The buffered file objects of ``Volume.open_file`` against the built-in ``open``.
 
 ``open_file`` hands large ``bytes`` writes to the raw file past the buffer,
-so the store keeps their blocks without a copy (``volume._pass_bytes``). The
+so the store keeps their blocks without a copy (``volume._PassingWrites``). The
 file object must not tell the difference: any sequence of writes (small and
 large, bytes and bytearray), seeks, reads, tells and flushes gives the same
 results and the same file as the same calls on a file of the host.
